@@ -1,0 +1,46 @@
+# mdir — the two commands a newcomer runs: `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= 3.11
+export UV_PYTHON_DOWNLOADS := never
+export RAY_DATA_DISABLE_PROGRESS_BARS ?= 1
+# uv from PATH, else the copy pip installs (`python3 -m uv` works for both)
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+VENV := .venv
+RUN := $(UV) run --frozen --python $(PY)
+
+.PHONY: help install uv test test-fast lint demo demo-down demo-tune demo-retrieval clean
+
+help: ## show the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
+
+uv: ## install uv if it is missing (from PyPI, no other download)
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
+	  python3 -m pip install --quiet uv
+
+install: uv ## install everything from uv.lock into .venv
+	$(UV) sync --frozen --python $(PY)
+
+test: install ## install and run the whole test suite (fast + slow)
+	$(RUN) pytest -q -m "slow or not slow" --durations=15
+
+test-fast: install ## the fast tests only
+	$(RUN) pytest -q -m "not slow"
+
+lint: install ## ruff
+	$(RUN) ruff check mdir jobs tests
+	$(RUN) ruff format --check mdir jobs tests
+
+demo: install ## synthetic data -> Ray job -> MLflow model; leaves services running
+	$(RUN) python -m mdir.demo up
+
+demo-down: ## stop exactly what `make demo` started
+	$(RUN) python -m mdir.demo down
+
+demo-tune: install ## after `make demo`: the tiny Tune sweep, leaderboard and champion
+	$(RUN) python -m mdir.demo tune
+
+demo-retrieval: install ## after `make demo`: retrieval with vs without GAN augmentation
+	$(RUN) python -m mdir.demo retrieval
+
+clean: ## remove build and demo outputs (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache demo_out bench_out

@@ -1,0 +1,5 @@
+"""`mdir bench tune`."""
+
+from __future__ import annotations
+
+from mdir.bench.cli import app  # noqa: F401
