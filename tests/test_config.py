@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from mdir.config import ConfigError, StrictModel, apply_overrides, load_config
 
@@ -57,5 +57,5 @@ def test_apply_overrides_does_not_mutate():
 
 def test_frozen():
     cfg = Outer()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.name = "y"  # type: ignore[misc]
