@@ -1,0 +1,160 @@
+"""Retrieval / localization evaluation of an embedding network on one split.
+
+Database = images of `eval.database_conditions` (e.g. day / the RobotCar reference), queries =
+the other conditions (or `eval.query_conditions`). Ground truth comes from the same matching
+information as training (place ids or pose thresholds). For each query the database is
+ranked by descriptor similarity (exact search, or faiss for large sets), and the metrics of
+``mdir.metrics.retrieval`` are computed:
+
+* ``recall@N`` (Tokyo 24/7 style: a query counts when a positive is among the top N), over
+  all queries and split into ``day`` / ``night`` queries (`eval.night_conditions`);
+* ``map`` — revisited-protocol mAP with the positives as the "easy" set (synthetic data has
+  no hard/junk distinction, so Easy = Medium; reported as ``map``), ×1 (not ×100);
+* ``loc@<t>m_<r>deg`` — localization recall: the pose of the top-1 database image is the
+  query's pose estimate; fraction of queries within (0.25 m, 2°), (0.5 m, 5°), (5 m, 10°),
+  Day-All / Night-All as in the MDUIT table. Only queries with a known pose count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mdir.retrieval.config import RetrievalEvalConfig, RetrievalJobConfig
+from mdir.retrieval.data import SplitData, open_split
+from mdir.retrieval.descriptors import extract
+from mdir.retrieval.positives import pose_errors
+from mdir.retrieval.search import search
+
+LOC_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
+
+
+@dataclass
+class EvalSet:
+    data: SplitData
+    db_rows: np.ndarray
+    query_rows: np.ndarray
+    is_night: np.ndarray  # bool per query
+
+    @classmethod
+    def from_split(cls, data: SplitData, ecfg: RetrievalEvalConfig) -> EvalSet:
+        db = data.rows_with_condition(ecfg.database_conditions)
+        if ecfg.query_conditions:
+            q = data.rows_with_condition(ecfg.query_conditions)
+        else:
+            q = np.setdiff1d(np.arange(len(data)), db)
+        if ecfg.limit:
+            q = q[: ecfg.limit]
+        if len(db) == 0 or len(q) == 0:
+            raise ValueError(
+                f"evaluation split has {len(db)} database images (conditions {ecfg.database_conditions}) "
+                f"and {len(q)} queries; check eval.database_conditions / eval.query_conditions"
+            )
+        night = np.isin(data.condition[q], list(ecfg.night_conditions))
+        return cls(data=data, db_rows=db, query_rows=q, is_night=night)
+
+    @classmethod
+    def open(
+        cls, cfg: RetrievalJobConfig, image_size: int | None = None, uri: str | None = None
+    ) -> EvalSet:
+        d = cfg.data
+        data = open_split(
+            uri or d.uri,
+            cfg.eval.split,
+            image_size or d.image_size,
+            None,
+            d.positives,
+            d.max_translation_m,
+            d.max_rotation_deg,
+            None,
+        )
+        return cls.from_split(data, cfg.eval)
+
+    def positives(self) -> list[np.ndarray]:
+        """Per query: indices into `db_rows` of its positives."""
+        m = self.data.matching
+        return [np.flatnonzero(m.positive_mask(int(q), self.db_rows)) for q in self.query_rows]
+
+
+def compute_metrics(
+    qvecs: np.ndarray, dbvecs: np.ndarray, es: EvalSet, ecfg: RetrievalEvalConfig
+) -> dict[str, float]:
+    """Metrics from descriptors (queries [Q, D], database [N, D]) — see the module docstring."""
+    from mdir.metrics.retrieval import localization_recall, recall_at_n, revisited_map
+
+    _, ranks = search(
+        dbvecs, qvecs, k=None, backend=ecfg.search, exact_max=ecfg.exact_max
+    )  # [Q, N]
+    pos = es.positives()
+    has_pos = np.array([len(p) > 0 for p in pos])
+    out: dict[str, float] = {
+        "eval/queries": float(len(pos)),
+        "eval/queries_without_positive": float((~has_pos).sum()),
+        "eval/database": float(len(es.db_rows)),
+    }
+    ns = sorted(set(ecfg.recall_n))
+    for name, sel in (
+        ("all", has_pos),
+        ("day", has_pos & ~es.is_night),
+        ("night", has_pos & es.is_night),
+    ):
+        if not sel.any():
+            continue
+        r = recall_at_n(ranks[sel], [pos[i] for i in np.flatnonzero(sel)], ns)
+        for n in ns:
+            out[f"recall@{n}/{name}"] = float(r[n])
+    if has_pos.any():
+        gnd = [
+            {"easy": pos[i], "hard": np.zeros(0, np.int64), "junk": np.zeros(0, np.int64)}
+            for i in np.flatnonzero(has_pos)
+        ]
+        out["map"] = float(revisited_map(ranks[has_pos], gnd, "easy"))
+    poses = es.data.matching.pose
+    qp, dp = poses[es.query_rows], poses[es.db_rows[ranks[:, 0]]]
+    known = ~np.isnan(qp).any(axis=1) & ~np.isnan(dp).any(axis=1)
+    if known.any():
+        t_err, r_err = pose_errors(qp[known], dp[known])
+        loc = localization_recall(t_err, r_err, es.is_night[known], LOC_THRESHOLDS)
+        for split_name, values in loc.items():
+            for (t, a), v in zip(LOC_THRESHOLDS, values, strict=True):
+                out[f"loc@{t:g}m_{a:g}deg/{split_name}"] = float(v)
+    return out
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    es: EvalSet,
+    ecfg: RetrievalEvalConfig,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Extract (distributed when under DDP) and compute metrics; every rank gets the same dict."""
+    scales: Sequence[float] = ecfg.scales
+    rows = np.concatenate([es.db_rows, es.query_rows])
+    vecs = extract(model, es.data.load, rows, device=device, batch_size=batch_size, scales=scales)
+    db, q = vecs[: len(es.db_rows)], vecs[len(es.db_rows) :]
+    return compute_metrics(q, db, es, ecfg)
+
+
+def evaluate_registered(
+    model_uri: str, data_uri: str, cfg: RetrievalJobConfig, device: str = "cpu"
+) -> dict[str, Any]:
+    """`mdir retrieval eval`: load ``models:/NAME@ALIAS`` and evaluate it on `data_uri`."""
+    from mdir.retrieval.registry import load_registered_model
+
+    model, info = load_registered_model(model_uri, device)
+    es = EvalSet.open(cfg, uri=data_uri)
+    metrics = evaluate_model(model, es, cfg.eval, device, cfg.mining.batch_size)
+    return {
+        "model_uri": model_uri,
+        "model_version": info.get("version"),
+        "data": data_uri,
+        "split": cfg.eval.split,
+        "scales": list(cfg.eval.scales),
+        "metrics": metrics,
+    }

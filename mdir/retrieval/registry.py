@@ -1,0 +1,165 @@
+"""MLflow registry access for the retrieval job: resolving a registered generator by alias
+(fail fast, before any cluster resources), and logging / registering / loading the trained
+embedding network ``mdir-retrieval-<dataset>``.
+
+The retrieval network is stored without pickle: ``weights.safetensors`` (all tensors,
+including the learned whitening Lw as ``net.whiten.*``) plus ``model.json`` (the model config
+and the network's `meta`), logged as run artifacts under ``retrieval_model/``; the registered
+version points at that artifact directory (``runs:/<run>/retrieval_model``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MODEL_ARTIFACT = "retrieval_model"
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+class ModelNotFoundError(ValueError):
+    """A `models:/` URI that does not resolve (unknown name, alias or version)."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A registry URI pinned to one version (what the run records and loads)."""
+
+    uri: str  # as given, e.g. models:/mdir-cyclegan-synth@champion
+    name: str
+    version: str
+    run_id: str | None
+    source: str | None
+
+    @property
+    def pinned_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` → (name, alias, version)."""
+    m = _URI.match(uri.strip())
+    if not m:
+        raise ModelNotFoundError(
+            f"{uri!r} is not a registry URI; expected models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
+    return m["name"], m["alias"], m["version"]
+
+
+def resolve_model(uri: str, field: str = "model") -> ResolvedModel:
+    """Look the URI up in the MLflow registry (MLFLOW_TRACKING_URI); clear error if missing."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model_uri(uri)
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException as e:
+        raise ModelNotFoundError(
+            f"{field}: registered model {name!r} does not exist in the MLflow registry at "
+            f"{client.tracking_uri} (from {uri!r}); register it first or fix the name"
+        ) from e
+    try:
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
+    except MlflowException as e:
+        known = sorted(client.get_registered_model(name).aliases or {})
+        what = f"alias {alias!r}" if alias else f"version {version}"
+        raise ModelNotFoundError(
+            f"{field}: {what} of registered model {name!r} not found (from {uri!r}); "
+            f"known aliases: {known or 'none'}"
+        ) from e
+    return ResolvedModel(
+        uri=uri, name=name, version=str(mv.version), run_id=mv.run_id, source=mv.source
+    )
+
+
+def save_model_files(model: Any, directory: Path, extra_meta: dict[str, Any] | None = None) -> Path:
+    """`EmbeddingModel` → ``weights.safetensors`` + ``model.json`` in `directory`."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "weights.safetensors"))
+    doc = {
+        "model_config": model.cfg.model_dump(mode="json"),
+        "meta": model.meta,
+        **(extra_meta or {}),
+    }
+    (directory / "model.json").write_text(json.dumps(doc, indent=2, default=str))
+    return directory
+
+
+def load_model_files(
+    directory: Path, device: str | torch.device = "cpu"
+) -> tuple[Any, dict[str, Any]]:
+    """Inverse of `save_model_files` → (EmbeddingModel in eval mode, model.json contents)."""
+    from safetensors.torch import load_file
+
+    from mdir.retrieval.config import RetrievalModelConfig
+    from mdir.retrieval.model import build_model
+
+    doc = json.loads((directory / "model.json").read_text())
+    # rebuild the architecture only: trained weights come from the safetensors file
+    mcfg = RetrievalModelConfig.model_validate(
+        {**doc["model_config"], "weights": None, "allow_random": True}
+    )
+    model = build_model(mcfg)
+    state = load_file(str(directory / "weights.safetensors"))
+    model.load_whitening_state(
+        {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.whiten.")}
+    )
+    model.load_state_dict(state)
+    model.net.meta.update(doc.get("meta", {}))
+    return model.to(device).eval(), doc
+
+
+def log_and_register(
+    model: Any, run_id: str, name: str | None, alias: str, extra_meta: dict[str, Any] | None = None
+) -> str | None:
+    """Log the model files to `run_id`; register as `name` with `alias` → ``models:/name@alias``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        d = save_model_files(model, Path(tmp) / MODEL_ARTIFACT, extra_meta)
+        client.log_artifacts(run_id, str(d), MODEL_ARTIFACT)
+    if not name:
+        return None
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        client.create_registered_model(
+            name, description="mdir retrieval embedding network (GeM + Lw)"
+        )
+    mv = client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id)
+    client.set_registered_model_alias(name, alias, mv.version)
+    return f"models:/{name}@{alias}"
+
+
+def load_registered_model(
+    uri: str, device: str | torch.device = "cpu"
+) -> tuple[Any, dict[str, Any]]:
+    """``models:/NAME@ALIAS`` (or a local directory) → (EmbeddingModel, info incl. version)."""
+    import mlflow
+
+    p = Path(uri)
+    if p.is_dir():
+        model, doc = load_model_files(p, device)
+        return model, {**doc, "model_uri": uri, "version": None}
+    resolved = resolve_model(uri, field="--model")
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"runs:/{resolved.run_id}/{MODEL_ARTIFACT}"
+    )
+    model, doc = load_model_files(Path(local), device)
+    return model, {**doc, "model_uri": uri, "version": resolved.version, "run_id": resolved.run_id}

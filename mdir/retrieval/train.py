@@ -1,0 +1,560 @@
+"""Distributed GeM fine-tuning on Ray Train (thesis 3.3–3.4; Radenović et al. TPAMI 2018).
+
+Per epoch, on every rank:
+
+1. **mine** (`mdir.retrieval.mining`): draw queries and a pool with an epoch-seeded RNG
+   (identical on all ranks), embed them with the current network — extraction is sharded
+   over the ranks and all-gathered — and select tuples (q, p, n1..n5);
+2. **train**: the global batch of `optim.batch_size` tuples is split evenly over the ranks
+   (same number of steps everywhere, so DDP never waits on a missing rank); images of a
+   rank's tuples are loaded in a background thread (prefetch, so the store/decoder does
+   not block the step), optionally GAN-augmented on the worker's device, embedded, and the
+   contrastive loss is back-propagated. The loss is cirtorch's *sum* over the pairs of the
+   global batch: each rank computes its local sum × world size, and DDP's gradient
+   averaging turns that into the gradient of the global sum, so 1 and N workers take the
+   same step;
+3. **evaluate** (every `eval.every` epochs) and **report** metrics + checkpoint (rank 0
+   logs to MLflow; tracking failures only warn).
+
+After the last epoch, the learned whitening Lw is computed from matching training pairs
+and installed in the network, the final evaluation runs with it, and the network is saved
+in the final checkpoint; the driver (`run_training`) logs and registers it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mdir.config import dump_config
+from mdir.retrieval.augment import GanAugmenter
+from mdir.retrieval.config import RetrievalJobConfig
+from mdir.retrieval.data import SplitData, open_split
+from mdir.retrieval.descriptors import extract
+from mdir.retrieval.evaluate import EvalSet, evaluate_model
+from mdir.retrieval.mining import draw_queries_and_pool, mine_tuples
+from mdir.retrieval.registry import ResolvedModel, load_model_files, log_and_register, resolve_model
+from mdir.retrieval.whitening import Whitening
+
+log = logging.getLogger(__name__)
+
+FINAL_DIR = "final_model"
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+class LaunchError(RuntimeError):
+    """The job cannot start (bad data URI, unresolvable generator, ...); raised before Ray."""
+
+
+@dataclass
+class RetrievalResult:
+    metrics: dict[str, float]
+    run_id: str | None
+    model_uri: str | None
+    generator: dict[str, Any] | None
+    augment: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    descriptors: dict[str, list] | None = None
+
+
+def validate_before_launch(cfg: RetrievalJobConfig) -> ResolvedModel | None:
+    """Fail fast, before any cluster resources: dataset reachable, generator alias resolvable."""
+    from mdir.data.io import check_reachable
+
+    try:
+        check_reachable(cfg.data.uri, manifest=True)
+    except Exception as e:
+        raise LaunchError(f"data.uri: {e}") from e
+    if cfg.data.pairs_file and not Path(cfg.data.pairs_file).is_file():
+        raise LaunchError(f"data.pairs_file: {cfg.data.pairs_file} does not exist")
+    if not cfg.augment.generator:
+        return None
+    from mdir.retrieval.registry import ModelNotFoundError
+
+    try:
+        return resolve_model(cfg.augment.generator, field="augment.generator")
+    except ModelNotFoundError as e:
+        raise LaunchError(str(e)) from e
+
+
+def _flat_params(cfg: RetrievalJobConfig) -> dict[str, str]:
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, dict):
+            for k, sub in v.items():
+                walk(f"{prefix}.{k}" if prefix else k, sub)
+        else:
+            out[prefix] = str(v)[:500]
+
+    walk("", cfg.model_dump(mode="json"))
+    out["mining.margin_resolved"] = str(cfg.margin)
+    out["optim.lr_resolved"] = str(cfg.lr)
+    return out
+
+
+def run_training(
+    cfg: RetrievalJobConfig,
+    *,
+    run_name: str | None = None,
+    return_descriptors: bool = False,
+    tags: dict[str, str] | None = None,
+) -> RetrievalResult:
+    """Validate, start an MLflow run, fit the `TorchTrainer`, register the model."""
+    import mlflow
+    from mlflow import MlflowClient
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    generator = validate_before_launch(cfg)
+    tracking_uri = mlflow.get_tracking_uri()
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow.experiment)
+    run_tags = {"mdir.job": "retrieval", "mdir.dataset": cfg.dataset_name, **(tags or {})}
+    if generator:
+        run_tags.update(
+            {
+                "augment.generator_uri": generator.uri,
+                "augment.generator_name": generator.name,
+                "augment.generator_version": generator.version,
+                "augment.generator_run_id": generator.run_id or "",
+            }
+        )
+    run = client.create_run(exp_id, run_name=run_name or cfg.mlflow.run_name, tags=run_tags)
+    run_id = run.info.run_id
+    params = _flat_params(cfg)
+    if generator:
+        params["augment.generator_version"] = generator.version
+    for k, v in params.items():
+        client.log_param(run_id, k, v)
+    client.log_text(run_id, dump_config(cfg), "config.yaml")
+
+    name = (
+        cfg.storage.name
+        or f"retrieval-{cfg.dataset_name}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}"
+    )
+    storage = (
+        cfg.storage.path if "://" in cfg.storage.path else str(Path(cfg.storage.path).resolve())
+    )
+    loop_cfg = {
+        "cfg": cfg.model_dump(mode="json"),
+        "generator": generator.pinned_uri if generator else None,
+        "tracking_uri": tracking_uri,
+        "run_id": run_id,
+        "return_descriptors": return_descriptors,
+    }
+    env_keys = (
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    )
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=0),
+            worker_runtime_env={
+                "env_vars": {k: os.environ[k] for k in env_keys if k in os.environ}
+            },
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    out: dict[str, Any] = result.return_value or {}
+    metrics = out.get("metrics", {})
+    model_uri = None
+    try:
+        if result.checkpoint is not None:
+            with result.checkpoint.as_directory() as d:
+                model, _ = load_model_files(Path(d) / FINAL_DIR)
+                extra = {
+                    "generator": generator.pinned_uri if generator else None,
+                    "metrics": metrics,
+                }
+                model_uri = log_and_register(
+                    model,
+                    run_id,
+                    cfg.model_name if cfg.mlflow.register_model else None,
+                    cfg.mlflow.alias,
+                    extra,
+                )
+        client.set_terminated(run_id, status="FINISHED")
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    return RetrievalResult(
+        metrics=metrics,
+        run_id=run_id,
+        model_uri=model_uri,
+        generator={"uri": generator.uri, "name": generator.name, "version": generator.version}
+        if generator
+        else None,
+        augment=out.get("augment", {}),
+        history=out.get("history", []),
+        descriptors=out.get("descriptors"),
+    )
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+class _Tracker:
+    """Rank-0 MLflow logging that never kills training (warns once per failure kind)."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None, enabled: bool) -> None:
+        self.enabled = enabled and bool(run_id) and bool(tracking_uri)
+        self.run_id = run_id
+        self.client = None
+        if self.enabled:
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(tracking_uri)
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        ms = [
+            Metric(k, float(v), ts, step)
+            for k, v in values.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        try:
+            self.client.log_batch(self.run_id, metrics=ms)
+        except Exception as e:  # tracking is best effort
+            warnings.warn(f"MLflow logging failed (training continues): {e}", stacklevel=2)
+
+
+def _contrastive(desc: torch.Tensor, tuple_len: int, margin: float) -> torch.Tensor:
+    """Contrastive loss over consecutive tuples [q, p, n1..] (``mdir.losses.contrastive_loss``)."""
+    from mdir.losses import contrastive_loss
+
+    n_tuples = desc.shape[0] // tuple_len
+    one = torch.tensor([-1, 1] + [0] * (tuple_len - 2), device=desc.device)
+    return contrastive_loss(desc, one.repeat(n_tuples), margin=margin)
+
+
+def _make_augmenter(
+    loop_cfg: dict, cfg: RetrievalJobConfig, data: SplitData, rank: int, device
+) -> tuple[GanAugmenter | None, dict]:
+    uri = loop_cfg.get("generator")
+    if not uri:
+        return None, {}
+    from mdir.training.registry import load_translator
+
+    translator = load_translator(uri)
+    if hasattr(translator, "to"):
+        translator.to(device)
+    method = str(getattr(translator, "method", ""))
+    needs_ref = method == "mduit"
+    ref_rows = data.rows_with_condition([cfg.augment.target_condition])
+    if needs_ref and len(ref_rows) == 0:
+        raise ValueError(
+            f"augment.target_condition {cfg.augment.target_condition!r}: no training images for MDUIT references"
+        )
+
+    def draw_reference(n: int, rng: np.random.Generator) -> torch.Tensor:
+        return data.load(rng.choice(ref_rows, size=n, replace=True).tolist())
+
+    aug = GanAugmenter(
+        translator,
+        probability=cfg.augment.probability,
+        pad_multiple=cfg.augment.pad_multiple,
+        needs_reference=needs_ref,
+        draw_reference=draw_reference,
+        seed=cfg.seed * 1000 + rank,
+    )
+    info = {"uri": uri, "version": str(getattr(translator, "version", "")), "method": method}
+    return aug, info
+
+
+def _save_checkpoint(directory: Path, model, optimizer, scheduler, epoch: int, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        str(directory / "model.safetensors"),
+    )
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        directory / "optim.pt",
+    )
+    (directory / "state.json").write_text(json.dumps({"epoch": epoch, **state}))
+
+
+def train_worker(loop_cfg: dict) -> dict[str, Any]:
+    """Ray Train per-worker loop (see the module docstring)."""
+    import ray.train
+    import torch.distributed as dist
+    from ray.train import Checkpoint
+    from ray.train.torch import get_device, prepare_model
+
+    cfg = RetrievalJobConfig.model_validate(loop_cfg["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = get_device()
+    distributed = world > 1 and dist.is_initialized()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    tracker = _Tracker(loop_cfg.get("tracking_uri"), loop_cfg.get("run_id"), enabled=rank == 0)
+
+    d = cfg.data
+    data = open_split(
+        d.uri,
+        d.train_split,
+        d.image_size,
+        d.train_conditions or None,
+        d.positives,
+        d.max_translation_m,
+        d.max_rotation_deg,
+        d.pairs_file,
+    )
+    eval_set = EvalSet.open(cfg, d.image_size)
+
+    from mdir.retrieval.model import build_model
+
+    model = build_model(cfg.model).to(device)
+    net = (
+        prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+        if world > 1
+        else model
+    )
+    pool_params = list(model.net.pool.parameters())
+    pool_ids = {id(p) for p in pool_params}
+    optimizer = torch.optim.Adam(
+        [
+            {"params": [p for p in model.parameters() if id(p) not in pool_ids]},
+            # cirtorch: GeM p learns 10× faster and without weight decay
+            {"params": pool_params, "lr": cfg.lr * 10, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(
+        optimizer, gamma=math.exp(-cfg.optim.lr_decay)
+    )
+    augmenter, gen_info = _make_augmenter(loop_cfg, cfg, data, rank, device)
+    eligible_rows = np.zeros(len(data), dtype=bool)
+    eligible_rows[data.rows_with_condition(cfg.augment.source_conditions)] = True
+
+    start_epoch, history = 0, []
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:  # resume (worker restart or re-submitted run name)
+        from safetensors.torch import load_file
+
+        with ckpt.as_directory() as cd:
+            cd = Path(cd)
+            model.load_state_dict(load_file(str(cd / "model.safetensors")))
+            opt = torch.load(cd / "optim.pt", weights_only=True)
+            optimizer.load_state_dict(opt["optimizer"])
+            scheduler.load_state_dict(opt["scheduler"])
+            st = json.loads((cd / "state.json").read_text())
+            start_epoch, history = st["epoch"] + 1, st.get("history", [])
+            if augmenter is not None and "augment" in st:
+                augmenter.counter.seen = st["augment"]["seen"]
+                augmenter.counter.applied = st["augment"]["applied"]
+                augmenter.rng = np.random.default_rng([cfg.seed * 1000 + rank, start_epoch])
+
+    all_rows = np.arange(len(data), dtype=np.int64)
+    trainable = data.matching.queries_with_positives(all_rows, all_rows)
+    if len(trainable) == 0:
+        raise ValueError(
+            "no training query has a positive: check data.positives and the thresholds"
+        )
+    B = cfg.optim.batch_size
+    b = B // world
+    tuple_len = 2 + cfg.mining.neg_num
+    prefetch = ThreadPoolExecutor(max_workers=1)
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        t0 = time.time()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        queries, pool = draw_queries_and_pool(
+            rng, trainable, all_rows, cfg.mining.query_size, cfg.mining.pool_size
+        )
+        tuples, mstats = mine_tuples(
+            model,
+            data.load,
+            data.matching,
+            queries,
+            pool,
+            all_rows,
+            cfg.mining.neg_num,
+            device,
+            cfg.mining.batch_size,
+        )
+        tuples = tuples[rng.permutation(len(tuples))]
+        steps = len(tuples) // B
+        if cfg.optim.steps_per_epoch:
+            steps = min(steps, cfg.optim.steps_per_epoch)
+        if steps == 0:
+            raise ValueError(
+                f"epoch {epoch}: only {len(tuples)} tuples mined, fewer than optim.batch_size={B}"
+            )
+
+        def local_rows(s: int, tuples: np.ndarray = tuples) -> np.ndarray:
+            return tuples[s * B + rank * b : s * B + (rank + 1) * b].reshape(-1)
+
+        net.train()
+        loss_sum = torch.zeros(1, device=device, dtype=torch.float64)
+        fut = prefetch.submit(data.load, local_rows(0).tolist())
+        for s in range(steps):
+            rows = local_rows(s)
+            images = fut.result().to(device, non_blocking=True)
+            if s + 1 < steps:
+                fut = prefetch.submit(data.load, local_rows(s + 1).tolist())
+            if augmenter is not None:
+                images, _ = augmenter(images, eligible=eligible_rows[rows])
+            desc = net(images)
+            loss = _contrastive(desc, tuple_len, cfg.margin)
+            optimizer.zero_grad(set_to_none=True)
+            (loss * world).backward()
+            optimizer.step()
+            loss_sum += loss.detach().double()
+        scheduler.step()
+        if distributed:
+            dist.all_reduce(loss_sum)
+        epoch_metrics: dict[str, float] = {
+            "epoch": epoch,
+            "loss": float(loss_sum.item()) / (steps * B),  # per tuple
+            "steps": steps,
+            "gem_p": float(model.net.pool.p.detach().mean()),
+            "lr": scheduler.get_last_lr()[0],
+            "mining/tuples": mstats.queries,
+            "mining/short_of_negatives": mstats.short_of_negatives,
+            "mining/pos_sim": mstats.mean_positive_sim,
+            "mining/neg_sim": mstats.mean_negative_sim,
+            "epoch_s": time.time() - t0,
+        }
+        if augmenter is not None:
+            counts = torch.tensor(
+                [augmenter.counter.seen, augmenter.counter.applied, augmenter.counter.failed],
+                device=device,
+                dtype=torch.float64,
+            )
+            if distributed:
+                dist.all_reduce(counts)
+            epoch_metrics.update(
+                {
+                    "augment/seen": counts[0].item(),
+                    "augment/applied": counts[1].item(),
+                    "augment/failed": counts[2].item(),
+                    "augment/rate": counts[1].item() / max(counts[0].item(), 1.0),
+                }
+            )
+        last = epoch == cfg.optim.epochs - 1
+        if not last and cfg.eval.every and (epoch + 1) % cfg.eval.every == 0:
+            epoch_metrics.update(
+                evaluate_model(model, eval_set, cfg.eval, device, cfg.mining.batch_size)
+            )
+        history.append(epoch_metrics)
+        tracker.metrics({k: v for k, v in epoch_metrics.items() if k != "epoch"}, step=epoch)
+        state = {"history": history}
+        if augmenter is not None:
+            state["augment"] = augmenter.counter.as_dict()
+        if last:
+            break
+        with tempfile.TemporaryDirectory() as tmp:
+            ck = None
+            if rank == 0:
+                _save_checkpoint(Path(tmp), model, optimizer, scheduler, epoch, state)
+                ck = Checkpoint.from_directory(tmp)
+            ray.train.report(epoch_metrics, checkpoint=ck)
+    prefetch.shutdown()
+
+    # --- learned whitening Lw from matching training pairs (post-processing, stored in the net)
+    final: dict[str, float] = {}
+    if cfg.model.whitening:
+        vecs = extract(model, data.load, all_rows, device=device, batch_size=cfg.mining.batch_size)
+        qi, pi = _whitening_pairs(vecs, trainable, data)
+        final["whitening/pairs"] = len(qi)
+        final.update(
+            {
+                f"nowhite/{k}": v
+                for k, v in evaluate_model(
+                    model, eval_set, cfg.eval, device, cfg.mining.batch_size
+                ).items()
+            }
+        )
+        model.set_whitening(Whitening.learn(vecs, qi, pi, dim=cfg.model.whitening_dim))
+    final.update(evaluate_model(model, eval_set, cfg.eval, device, cfg.mining.batch_size))
+    metrics = {**(history[-1] if history else {}), **final}
+    tracker.metrics({k: v for k, v in final.items()}, step=cfg.optim.epochs)
+
+    out: dict[str, Any] = {"metrics": metrics, "history": history, "generator": gen_info}
+    if augmenter is not None:
+        out["augment"] = {
+            k: metrics.get(f"augment/{k}") for k in ("seen", "applied", "failed", "rate")
+        }
+    if loop_cfg.get("return_descriptors"):
+        vecs = extract(
+            model,
+            eval_set.data.load,
+            np.arange(len(eval_set.data)),
+            device=device,
+            batch_size=cfg.mining.batch_size,
+        )
+        out["descriptors"] = {"rows": eval_set.data.ids.tolist(), "vecs": vecs.tolist()}
+    with tempfile.TemporaryDirectory() as tmp:
+        ck = None
+        if rank == 0:
+            st = {"history": history, "final": True}
+            _save_checkpoint(Path(tmp), model, optimizer, scheduler, cfg.optim.epochs - 1, st)
+            from mdir.retrieval.registry import save_model_files
+
+            save_model_files(
+                model, Path(tmp) / FINAL_DIR, {"metrics": metrics, "generator": gen_info}
+            )
+            ck = Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ck)
+    return out
+
+
+def _whitening_pairs(
+    vecs: np.ndarray, queries: np.ndarray, data: SplitData
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pair per training query: its most similar matching image (under the trained net)."""
+    all_rows = np.arange(len(data))
+    qi, pi = [], []
+    for q in queries:
+        m = data.matching.positive_mask(int(q), all_rows)
+        cand = np.flatnonzero(m)
+        if len(cand) == 0:
+            continue
+        best = cand[np.argmax(vecs[cand] @ vecs[q])]
+        qi.append(int(q))
+        pi.append(int(best))
+    return np.asarray(qi, dtype=np.int64), np.asarray(pi, dtype=np.int64)
