@@ -1,0 +1,377 @@
+"""Ray Data pipelines that feed Ray Train workers, and plain iteration for evaluation.
+
+Training pipeline (one per stream)::
+
+    read_parquet(shards in manifest) → decode_stage (filter split/conditions, batched
+    JPEG decode, shrink to cache side) → [materialize: decoded images cached in the object
+    store] → randomize_block_order → augment_stage (roi_align crop+resize, flip; uint8)
+    → DataIterator.iter_torch_batches → `iter_train_batches` (exact batch size, cycling,
+    normalise to [-1, 1], move to device)
+
+Streams (`make_train_datasets`):
+    unpaired → {"A": domain_a conditions, "B": domain_b conditions}  (CycleGAN)
+    paired   → {"AB": rows with image_b}, emitting keys "A" and "B"  (pix2pix)
+    single   → {"A": all conditions} + `ShardImageStore` for id look-ups (MDUIT)
+
+Each stream's columns are prefixed with its key: ``A`` uint8 [B,3,S,S] → float [-1, 1],
+``A_id``, ``A_condition`` (index into manifest.conditions), ``A_place`` int64.
+
+Ray Train splits each dataset across workers (`streaming_split(n, equal=True)` in its
+default DataConfig); `iter_train_batches` additionally yields exactly `steps` batches on
+every rank (cycling a stream that runs out), so DDP never waits for a missing batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from mdir.data import io
+from mdir.data.config import DataConfig
+from mdir.data.images import decode_rgb
+from mdir.data.manifest import Manifest, read_manifest
+from mdir.data.shards import iter_tables
+from mdir.data.transforms import (
+    augment,
+    decode_many,
+    resize_exact,
+    resize_short_side,
+    to_model_range,
+)
+
+DECODE_BATCH = 32
+
+
+def resolve_domains(manifest: Manifest, cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """Domain A / B condition lists (empty domain_a = all; empty domain_b = all not in A)."""
+    for c in [*cfg.domain_a, *cfg.domain_b]:
+        manifest.condition_index(c)  # raises a clear KeyError naming the dataset
+    a = list(cfg.domain_a) or list(manifest.conditions)
+    b = list(cfg.domain_b) or [c for c in manifest.conditions if c not in a]
+    return a, b
+
+
+# ---------------------------------------------------------------- stages (run in Ray tasks)
+
+
+def decode_stage(
+    batch: pa.Table,
+    *,
+    split: str | None,
+    conditions: list[str] | None,
+    all_conditions: list[str],
+    cache_side: int,
+    exact: bool,
+    paired: bool,
+) -> dict[str, Any]:
+    """Filter rows, decode the bytes once, shrink to the cache size; drops binary columns
+    (iter_torch_batches rejects them)."""
+    mask = None
+    if split is not None:
+        mask = pc.equal(batch["split"], split)
+    if conditions:
+        m2 = pc.is_in(batch["condition"], value_set=pa.array(conditions))
+        mask = m2 if mask is None else pc.and_(mask, m2)
+    if mask is not None:
+        batch = batch.filter(mask)
+    index = {c: i for i, c in enumerate(all_conditions)}
+    out: dict[str, Any] = {
+        "id": batch["id"].to_numpy().astype(np.int64),
+        "condition": np.array([index.get(c, -1) for c in batch["condition"].to_pylist()], np.int64),
+        "place": batch["place"].to_numpy().astype(np.int64),
+    }
+    cols = ["image", "image_b"] if paired else ["image"]
+    for col in cols:
+        imgs = decode_many(batch[col].to_pylist())
+        imgs = [
+            resize_exact(t, cache_side) if exact else resize_short_side(t, cache_side) for t in imgs
+        ]
+        out[col] = _as_column(imgs)
+    return out
+
+
+def _as_column(imgs: list[torch.Tensor]) -> np.ndarray:
+    if imgs and len({tuple(t.shape) for t in imgs}) == 1:
+        return torch.stack(imgs).numpy()
+    arr = np.empty(len(imgs), dtype=object)  # variable shapes → Ray's variable-shaped tensor
+    for i, t in enumerate(imgs):
+        arr[i] = t.numpy()
+    return arr
+
+
+def _as_tensors(col: Any) -> torch.Tensor | list[torch.Tensor]:
+    if isinstance(col, np.ndarray) and col.dtype != object:
+        return torch.from_numpy(np.ascontiguousarray(col))
+    return [torch.from_numpy(np.ascontiguousarray(x)) for x in col]
+
+
+def augment_stage(
+    batch: dict[str, np.ndarray],
+    *,
+    key: str,
+    mode: str,
+    size: int,
+    scale_min: float,
+    flip: bool,
+    seed: int | None,
+    paired: bool,
+) -> dict[str, np.ndarray]:
+    """Random crop / resize / flip of decoded uint8 images; output columns prefixed by `key`."""
+    ids = batch["id"]
+    rng = np.random.default_rng(
+        None if seed is None else [seed, int(ids[0]) if len(ids) else 0, len(ids)]
+    )
+    a, b = augment(
+        _as_tensors(batch["image"]),
+        mode=mode,
+        size=size,
+        scale_min=scale_min,
+        flip=flip,
+        rng=rng,
+        extra=_as_tensors(batch["image_b"]) if paired else None,
+    )
+    out = {
+        key: a.numpy(),
+        f"{key}_id": ids,
+        f"{key}_condition": batch["condition"],
+        f"{key}_place": batch["place"],
+    }
+    if paired and b is not None:
+        out["B"] = b.numpy()
+        out["B_id"] = ids
+        out["B_condition"] = batch["condition"]
+        out["B_place"] = batch["place"]
+    return out
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def read_shards_dataset(manifest: Manifest, columns: list[str], parallelism: int = 2):
+    """`ray.data.read_parquet` over exactly the shards listed in the manifest."""
+    import ray.data
+
+    uris = manifest.shard_uris()
+    if not uris:
+        raise io.DataPathError(f"dataset {manifest.uri!r} has no shards")
+    fs = io.arrow_filesystem(manifest.uri)
+    paths = uris if fs is None else [u.split("://", 1)[1] for u in uris]
+    return ray.data.read_parquet(
+        paths, filesystem=fs, columns=columns, override_num_blocks=max(len(paths), parallelism)
+    )
+
+
+def decoded_dataset(
+    manifest: Manifest,
+    split: str | None,
+    conditions: list[str] | None,
+    cfg: DataConfig,
+    paired: bool = False,
+):
+    """read → decode (→ materialize): decoded uint8 CHW images with id/condition/place."""
+    cols = ["id", "image", "condition", "place", "split"] + (["image_b"] if paired else [])
+    ds = read_shards_dataset(manifest, cols, cfg.parallelism)
+    exact = cfg.augment == "resize"
+    ds = ds.map_batches(
+        decode_stage,
+        batch_format="pyarrow",
+        batch_size=DECODE_BATCH,
+        fn_kwargs={
+            "split": split,
+            "conditions": conditions,
+            "all_conditions": list(manifest.conditions),
+            "cache_side": cfg.image_size if exact else cfg.resolved_cache_side(),
+            "exact": exact,
+            "paired": paired,
+        },
+        concurrency=cfg.parallelism,
+        num_cpus=0.5,
+    )
+    if cfg.materialize:
+        ds = ds.materialize()
+    return ds
+
+
+def augmented_dataset(
+    decoded, cfg: DataConfig, key: str, paired: bool = False, batch_size: int = 32
+):
+    """decoded dataset → per-epoch random augmentation (lazy: re-runs every epoch)."""
+    ds = decoded.randomize_block_order() if cfg.materialize else decoded
+    return ds.map_batches(
+        augment_stage,
+        batch_format="numpy",
+        batch_size=batch_size,
+        fn_kwargs={
+            "key": key,
+            "mode": cfg.augment,
+            "size": cfg.image_size,
+            "scale_min": cfg.scale_min,
+            "flip": cfg.flip,
+            "seed": cfg.seed,
+            "paired": paired,
+        },
+        concurrency=cfg.parallelism,
+        num_cpus=0.5,
+        zero_copy_batch=True,
+    )
+
+
+def make_train_datasets(cfg: DataConfig, split: str) -> dict[str, Any]:
+    """Ray Datasets for Ray Train's ``datasets=`` argument (see module docstring)."""
+    m = read_manifest(cfg.uri)
+    if split not in m.counts:
+        raise KeyError(f"split {split!r} not in dataset {cfg.uri!r} (has {m.splits})")
+    if cfg.mode == "paired":
+        if not m.paired:
+            raise ValueError(
+                f"dataset {cfg.uri!r} is not paired (no image_b); use mode unpaired/single"
+            )
+        return {
+            "AB": augmented_dataset(
+                decoded_dataset(m, split, None, cfg, paired=True), cfg, "A", paired=True
+            )
+        }
+    if cfg.mode == "single":
+        return {"A": augmented_dataset(decoded_dataset(m, split, None, cfg), cfg, "A")}
+    a, b = resolve_domains(m, cfg)
+    for name, conds in (("domain_a", a), ("domain_b", b)):
+        if m.count(split, conds) == 0:
+            raise ValueError(
+                f"data.{name}: no rows of conditions {conds} in split {split!r} of {cfg.uri!r}"
+            )
+    return {
+        "A": augmented_dataset(decoded_dataset(m, split, a, cfg), cfg, "A"),
+        "B": augmented_dataset(decoded_dataset(m, split, b, cfg), cfg, "B"),
+    }
+
+
+def stream_rows(cfg: DataConfig, split: str) -> dict[str, int]:
+    """Rows per stream key (from the manifest; no Ray)."""
+    m = read_manifest(cfg.uri)
+    if cfg.mode in ("paired", "single"):
+        return {"AB" if cfg.mode == "paired" else "A": m.count(split)}
+    a, b = resolve_domains(m, cfg)
+    return {"A": m.count(split, a), "B": m.count(split, b)}
+
+
+def steps_per_epoch(cfg: DataConfig, split: str, batch_size: int, world_size: int) -> int:
+    """Optimizer steps per epoch, identical on every rank: the longest stream (CycleGAN's
+    max(|A|, |B|) convention) divided by the global batch, at least 1."""
+    n = max(stream_rows(cfg, split).values())
+    return max(1, n // (batch_size * max(world_size, 1)))
+
+
+# ---------------------------------------------------------------- consumer side
+
+
+def _cycle_batches(
+    it: Any, batch_size: int, shuffle_buffer: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless fixed-size batches from a DataIterator (re-iterates when a pass ends,
+    carries leftovers over so every batch has exactly `batch_size` rows)."""
+    carry: dict[str, torch.Tensor] | None = None
+    while True:
+        got = 0
+        for b in it.iter_torch_batches(
+            batch_size=batch_size,
+            local_shuffle_buffer_size=shuffle_buffer or None,
+            prefetch_batches=1,
+            device="cpu",
+        ):
+            got += 1
+            carry = b if carry is None else {k: torch.cat([carry[k], b[k]]) for k in b}
+            while len(next(iter(carry.values()))) >= batch_size:
+                yield {k: v[:batch_size] for k, v in carry.items()}
+                carry = {k: v[batch_size:] for k, v in carry.items()}
+        if got == 0:
+            raise RuntimeError(
+                "a data stream is empty on this worker (too few rows for the number of workers?)"
+            )
+
+
+def iter_train_batches(
+    shards: dict[str, Any],
+    batch_size: int,
+    steps: int,
+    device: torch.device | str | None = None,
+    shuffle_buffer: int = 0,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Exactly `steps` batches merged from all streams (keys "A", "B", "A_id", ...);
+    images as float32 [-1, 1] NCHW on `device`."""
+    gens = {k: _cycle_batches(it, batch_size, shuffle_buffer) for k, it in shards.items()}
+    dev = torch.device(device) if device is not None else None
+    for _ in range(steps):
+        batch: dict[str, torch.Tensor] = {}
+        for g in gens.values():
+            batch.update(next(g))
+        for k, v in list(batch.items()):
+            if v.dtype == torch.uint8 and v.dim() == 4:
+                v = to_model_range(v)
+            batch[k] = v.to(dev, non_blocking=True) if dev is not None else v
+        yield batch
+
+
+def split_for_workers(datasets: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """Outside Ray Train: per-worker DataIterators (what `get_dataset_shard` returns)."""
+    per_key = {k: ds.streaming_split(n, equal=True) for k, ds in datasets.items()}
+    return [{k: its[i] for k, its in per_key.items()} for i in range(n)]
+
+
+# ---------------------------------------------------------------- plain iteration (no Ray)
+
+
+def _row_meta(t: pa.Table, i: int, conditions: list[str]) -> dict[str, Any]:
+    row = {c: t[c][i].as_py() for c in t.column_names if c not in ("image", "image_b")}
+    row["condition_index"] = (
+        conditions.index(row["condition"]) if row.get("condition") in conditions else -1
+    )
+    return row
+
+
+def iter_images(
+    uri: str,
+    split: str | None = None,
+    conditions: list[str] | None = None,
+    limit: int | None = None,
+) -> Iterator[tuple[dict, np.ndarray]]:
+    """(row metadata, uint8 [H, W, 3] RGB) in shard order, streaming (bounded memory).
+
+    Metadata keys: id, condition, condition_index, place, place_name, pose (7 floats or
+    None), split, source, sha256, width, height (and condition_b for paired data)."""
+    m = read_manifest(uri)
+    n = 0
+    if limit is not None and limit <= 0:
+        return
+    for t in iter_tables(m):
+        mask = None
+        if split is not None:
+            mask = pc.equal(t["split"], split)
+        if conditions:
+            m2 = pc.is_in(t["condition"], value_set=pa.array(conditions))
+            mask = m2 if mask is None else pc.and_(mask, m2)
+        if mask is not None:
+            t = t.filter(mask)
+        images = t["image"].to_pylist()
+        for i in range(t.num_rows):
+            yield _row_meta(t, i, m.conditions), decode_rgb(images[i])
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+
+def wait_for_cluster_cpus(min_cpus: float = 1.0, timeout: float = 30.0) -> None:
+    """Block until the connected Ray cluster reports CPUs (avoids a silent hang)."""
+    import ray
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if ray.cluster_resources().get("CPU", 0) >= min_cpus:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"Ray cluster has no CPUs after {timeout}s")
