@@ -1,0 +1,429 @@
+"""Run a sweep: space → validated trials → Ray Tune → leaderboard → champion.
+
+`run_sweep` is what ``jobs/tune.py`` and ``mdir tune run`` call. The sweep lives at
+``<storage_path>/<name>`` (Tune's experiment directory): re-running the same command with
+the same name after the driver died restores it with ``Tuner.restore`` and re-runs only
+the trials that had not finished (an interrupted trial resumes from its last Train
+checkpoint, since its Train run has a stable name under ``<sweep>/train``). The MLflow
+parent run id is kept next to it in ``mdir_sweep.json`` so the resumed sweep keeps
+adding child runs to the same parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mdir.config import ConfigError
+from mdir.tune.leaderboard import Row, best_point, metric_variants, sort_rows, to_csv, to_markdown
+from mdir.tune.space import TuneSpace, base_dict, expand, validate_trials
+from mdir.tune.trainable import LABEL_TAG, SWEEP_TAG, TRIAL_TAG, completed_trials, trial_fn
+
+STATE_FILE = "mdir_sweep.json"
+# Environment that trial actors and Train workers need (never written into configs:
+# credentials stay in the environment of the Ray job).
+PROPAGATED_ENV_PREFIXES = ("MLFLOW_", "AWS_", "MDIR_", "RAY_DATA_DISABLE_PROGRESS_BARS")
+
+
+@dataclass
+class SweepResult:
+    """What a finished (or resumed-and-finished) sweep produced."""
+
+    name: str
+    path: str
+    metric: str
+    mode: str
+    rows: list[Row]
+    parent_run_id: str | None = None
+    champion_uri: str | None = None
+    leaderboard_markdown: str = ""
+    leaderboard_csv: str | None = None
+    resumed: bool = False
+    trial_steps: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Row | None:
+        return self.rows[0] if self.rows and self.rows[0].score is not None else None
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON the job prints as its last line."""
+        return {
+            "sweep": self.name,
+            "path": self.path,
+            "metric": self.metric,
+            "mode": self.mode,
+            "resumed": self.resumed,
+            "parent_run_id": self.parent_run_id,
+            "champion_uri": self.champion_uri,
+            "best_trial": self.best.label if self.best else None,
+            "best_score": self.best.score if self.best else None,
+            "trial_steps": self.trial_steps,
+            "leaderboard_csv": self.leaderboard_csv,
+            "leaderboard": [
+                {
+                    "rank": i + 1,
+                    "trial": r.index,
+                    "label": r.label,
+                    self.metric: r.score,
+                    **r.metrics,
+                    "status": r.status,
+                    "eval_points": r.eval_points,
+                    "steps": r.steps,
+                    "run_id": r.run_id,
+                    "model_uri": r.model_uri,
+                }
+                for i, r in enumerate(self.rows)
+            ],
+        }
+
+
+def default_storage() -> str:
+    return os.environ.get("MDIR_TUNE_STORAGE") or str(Path("tune_results").absolute())
+
+
+def prepare(space: TuneSpace, space_path: str | Path | None) -> tuple[dict[str, Any], list[Any]]:
+    """Expand and validate (fail fast, before Ray or MLflow are touched)."""
+    base = base_dict(space, space_path)
+    trials = expand(space, base)
+    if not trials:
+        raise ConfigError(f"space {space.name!r} expands to no trials")
+    validate_trials(space, base, trials)
+    return base, trials
+
+
+def _propagated_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(PROPAGATED_ENV_PREFIXES)}
+
+
+def _ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or None,
+            runtime_env={"env_vars": _propagated_env()},
+            log_to_driver=True,
+        )
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _read_state(path: str) -> dict[str, Any]:
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(f"{path}/{STATE_FILE}")
+    if not fs.exists(p):
+        return {}
+    with fs.open(p, "r") as f:
+        return json.load(f)
+
+
+def _write_state(path: str, state: dict[str, Any]) -> None:
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(f"{path}/{STATE_FILE}")
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(p, "w") as f:
+        json.dump(state, f, indent=2)
+
+
+def _parent_run(
+    space: TuneSpace, name: str, state: dict[str, Any], n_trials: int, tracking_uri: str
+) -> str:
+    """The sweep's parent MLflow run (reused when resuming)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if state.get("parent_run_id"):
+        try:
+            run = client.get_run(state["parent_run_id"])
+            if run.info.lifecycle_stage == "active":
+                client.update_run(run.info.run_id, status="RUNNING")
+                return run.info.run_id
+        except Exception:  # noqa: BLE001 - a vanished parent: start a new one
+            pass
+    exp = client.get_experiment_by_name(space.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(space.experiment)
+    run = client.create_run(
+        exp_id, run_name=name, tags={SWEEP_TAG: name, "mdir.kind": "tune-sweep"}
+    )
+    rid = run.info.run_id
+    params = {
+        "space": space.name,
+        "backend": space.backend,
+        "base_config": space.base_config,
+        "trials": n_trials,
+        "metric": space.metric.name,
+        "mode": space.metric.mode,
+        "scheduler": space.scheduler.type,
+        "max_concurrent_trials": space.max_concurrent_trials,
+    }
+    if space.scheduler.type == "asha":
+        params.update(
+            asha_grace_period=space.scheduler.grace_period,
+            asha_reduction_factor=space.scheduler.reduction_factor,
+            asha_max_t=space.scheduler.max_t,
+        )
+    for k, v in params.items():
+        client.log_param(rid, k, v)
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "space.yaml"
+        p.write_text(yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False))
+        client.log_artifact(rid, str(p))
+    return rid
+
+
+def run_sweep(
+    space: TuneSpace,
+    space_path: str | Path | None = None,
+    *,
+    name: str | None = None,
+    storage_path: str | None = None,
+    tracking_uri: str | None = None,
+    verbose: int = 1,
+) -> SweepResult:
+    """Run (or resume) the sweep and return its leaderboard and champion.
+
+    Resume: when ``<storage_path>/<name>`` holds a Tune experiment, it is restored and only
+    unfinished (and errored) trials run again.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    base, trials = prepare(space, space_path)
+    name = name or space.name
+    storage = storage_path or space.storage_path or default_storage()
+    if _is_local(storage):
+        storage = str(Path(storage.removeprefix("file://")).absolute())
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    path = f"{storage.rstrip('/')}/{name}"
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+
+    state = _read_state(path)
+    parent_run_id = (
+        _parent_run(space, name, state, len(trials), tracking_uri) if tracking_uri else None
+    )
+    _write_state(path, {**state, "name": name, "space": space.name, "parent_run_id": parent_run_id})
+    model_name = f"mdir-toy-{name}" if space.backend == "toy" else None
+
+    _ensure_ray()
+    sweep = {
+        "name": name,
+        "path": path,
+        "space": space.model_dump(mode="json"),
+        "base": base,
+        "parent_run_id": parent_run_id,
+        "tracking_uri": tracking_uri,
+        "train_storage": f"{path}/train",
+        "marker_root": str(Path(path.removeprefix("file://")) / "toy_markers")
+        if _is_local(path)
+        else None,
+        "model_name": model_name,
+    }
+    trainable = tune.with_resources(trial_fn, {"cpu": space.resources_per_trial.driver_cpus})
+    sched = space.scheduler
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=sched.max_t,
+            grace_period=sched.grace_period,
+            reduction_factor=sched.reduction_factor,
+        )
+        if sched.type == "asha"
+        else FIFOScheduler()
+    )
+    resumed = tune.Tuner.can_restore(path)
+    if resumed:
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "trial": tune.grid_search([t.model_dump() for t in trials]),
+                "sweep": sweep,
+            },
+            tune_config=tune.TuneConfig(
+                metric=space.metric.name,
+                mode=space.metric.mode,
+                scheduler=scheduler,
+                num_samples=1,  # the space is expanded by us (see mdir.tune.space)
+                max_concurrent_trials=space.max_concurrent_trials,
+                reuse_actors=False,  # a finished trial's actor exits: memory and devices are freed
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=space.max_failures, fail_fast=False),
+                verbose=verbose,
+            ),
+        )
+    grid = tuner.fit()
+    rows = collect_rows(grid, space, tracking_uri, parent_run_id, completed_trials(path))
+    rows = sort_rows(rows, space.metric.mode)
+    result = SweepResult(
+        name=name,
+        path=path,
+        metric=space.metric.name,
+        mode=space.metric.mode,
+        rows=rows,
+        parent_run_id=parent_run_id,
+        resumed=resumed,
+        trial_steps=sum(r.steps for r in rows),
+        errors=[f"{r.label}: {r.error}" for r in rows if r.error],
+    )
+    result.leaderboard_markdown = to_markdown(rows, space.metric.name)
+    csv_text = to_csv(rows, space.metric.name)
+    if _is_local(path):
+        Path(path, "leaderboard.md").write_text(result.leaderboard_markdown)
+        Path(path, "leaderboard.csv").write_text(csv_text)
+        result.leaderboard_csv = str(Path(path, "leaderboard.csv"))
+    if tracking_uri and parent_run_id:
+        result.champion_uri = _finish_parent(space, result, csv_text, tracking_uri)
+    return result
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def collect_rows(
+    grid: Any,
+    space: TuneSpace,
+    tracking_uri: str | None,
+    parent_run_id: str | None,
+    completed: set[str],
+) -> list[Row]:
+    """One leaderboard row per Tune result (best evaluation point of each trial)."""
+    from mdir.tune.space import Trial
+
+    runs = _child_runs(tracking_uri, parent_run_id) if tracking_uri and parent_run_id else {}
+    metric, mode = space.metric.name, space.metric.mode
+    rows = []
+    for res in grid:
+        trial = Trial.model_validate(res.config["trial"])
+        df = res.metrics_dataframe
+        history = df.to_dict("records") if df is not None else []
+        trial_id = (res.metrics or {}).get("trial_id") or Path(res.path).name.removeprefix("trial_")
+        best = best_point(history, metric, mode)
+        shown = {}
+        if best is not None:
+            for m in ("kid", "prd_f8", "prd_f1_8"):
+                for key in metric_variants(m, metric):
+                    if best.get(key) is not None:
+                        shown[m] = float(best[key])
+                        break
+        if res.error is not None:
+            status = "error"
+        elif trial_id in completed:
+            status = "finished"
+        else:
+            status = "stopped"
+        steps = max(
+            (int(h["step"]) for h in history if h.get("step") is not None), default=len(history)
+        )
+        run_id, model_uri = runs.get(trial_id, (None, None))
+        rows.append(
+            Row(
+                trial_id=trial_id,
+                index=trial.index,
+                label=trial.label,
+                status=status,
+                score=float(best[metric]) if best is not None else None,
+                metrics=shown,
+                eval_points=len(history),
+                steps=steps,
+                run_id=run_id,
+                model_uri=model_uri,
+                params=trial.params,
+                error=(str(res.error).strip().splitlines() or [""])[-1][:300]
+                if res.error is not None
+                else None,
+            )
+        )
+    return rows
+
+
+def _child_runs(tracking_uri: str, parent_run_id: str) -> dict[str, tuple[str, str | None]]:
+    """trial id → (child run id, latest registered model URI of that run)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    out: dict[str, tuple[str, str | None]] = {}
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        max_results=1000,
+    )
+    for run in children:
+        tid = run.data.tags.get(TRIAL_TAG)
+        if not tid:
+            continue
+        versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+        uri = None
+        if versions:
+            mv = max(versions, key=lambda v: int(v.version))
+            uri = f"models:/{mv.name}/{mv.version}"
+        out[tid] = (run.info.run_id, uri)
+    return out
+
+
+def _finish_parent(
+    space: TuneSpace, result: SweepResult, csv_text: str, tracking_uri: str
+) -> str | None:
+    """Log the leaderboard to the parent run, set the champion alias, close the run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    rid = result.parent_run_id
+    assert rid is not None
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "leaderboard.md").write_text(result.leaderboard_markdown)
+        Path(d, "leaderboard.csv").write_text(csv_text)
+        Path(d, "leaderboard.json").write_text(json.dumps(result.summary(), indent=2, default=str))
+        client.log_artifacts(rid, d, artifact_path="leaderboard")
+    best = result.best
+    n_err = sum(r.status == "error" for r in result.rows)
+    client.log_metric(rid, "trials_error", n_err)
+    client.log_metric(rid, "trials_stopped_early", sum(r.status == "stopped" for r in result.rows))
+    client.log_metric(rid, "trial_steps", result.trial_steps)
+    champion = None
+    if best is not None:
+        client.log_metric(rid, f"best_{space.metric.name}", best.score)  # type: ignore[arg-type]
+        client.set_tag(rid, "mdir.tune.best_trial", best.label)
+        client.set_tag(rid, "mdir.tune.best_run_id", best.run_id or "")
+        if space.register_champion and best.model_uri:
+            champion = set_champion(client, best.model_uri, sweep=result.name)
+            client.set_tag(rid, "mdir.tune.champion_uri", champion)
+    client.set_terminated(rid, "FINISHED" if best is not None else "FAILED")
+    return champion
+
+
+def set_champion(client: Any, model_uri: str, sweep: str = "") -> str:
+    """Point alias `champion` at ``models:/<name>/<version>``; the old champion's version stays
+    registered (only the alias moves; it is recorded on the new version as a tag)."""
+    name, version = model_uri.removeprefix("models:/").rsplit("/", 1)
+    previous = None
+    try:
+        previous = client.get_model_version_by_alias(name, "champion").version
+    except Exception:  # noqa: BLE001 - no champion yet
+        previous = None
+    client.set_registered_model_alias(name, "champion", version)
+    if previous is not None and str(previous) != str(version):
+        client.set_model_version_tag(name, version, "mdir.previous_champion", str(previous))
+    if sweep:
+        client.set_model_version_tag(name, version, "mdir.tune.sweep", sweep)
+    return f"models:/{name}@champion"
+
+
+__all__ = ["SweepResult", "run_sweep", "prepare", "set_champion", "collect_rows", "LABEL_TAG"]
