@@ -2,6 +2,13 @@
 
 `METHODS` maps a name to a factory ``(config, device) -> Method``; an unknown name raises a
 `KeyError` that lists the valid ones. Tests that add entries must restore the mapping.
+
+Contract names (see /work/shared contracts):
+* ``METHODS["pix2pix" | "cyclegan" | "mduit"](cfg, device)`` — classes `Pix2Pix`
+  (data_mode "paired"), `CycleGAN` ("unpaired"), `MDUIT` ("single" + ImageStore);
+* `mdir.methods.config.MethodConfig` — discriminated union on ``name``;
+* `build_generator(cfg)` / `translate_with(gen, cfg, images, reference=None)` — rebuild a
+  registered generator from (config, state dict) without discriminators.
 """
 
 from __future__ import annotations
@@ -21,14 +28,23 @@ def get_method_factory(name: str) -> Callable[..., Any]:
         raise KeyError(f"unknown method {name!r}; valid methods: {sorted(METHODS)}") from None
 
 
+def build_method(cfg: Any, device: Any = None) -> Any:
+    """``METHODS[cfg.name](cfg, device)``."""
+    return get_method_factory(cfg.name)(cfg, device)
+
+
 def _ensure_builtin() -> None:
     """Import the built-in methods (registration happens in their modules)."""
-    # Filled in by mdir/methods/{pix2pix,cyclegan,mduit}.py, which add themselves to METHODS.
     import importlib
 
     for mod in ("pix2pix", "cyclegan", "mduit"):
-        try:
-            importlib.import_module(f"mdir.methods.{mod}")
-        except ModuleNotFoundError as e:  # not written yet in early development
-            if e.name != f"mdir.methods.{mod}":
-                raise
+        importlib.import_module(f"mdir.methods.{mod}")
+
+
+# Register the built-in methods now, so that ``METHODS["pix2pix"]`` works right after
+# ``from mdir.methods import METHODS`` (their modules add themselves to METHODS above).
+_ensure_builtin()
+
+from mdir.methods.generators import build_generator, translate_with  # noqa: E402
+
+__all__ = ["METHODS", "build_generator", "build_method", "get_method_factory", "translate_with"]
