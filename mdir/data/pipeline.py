@@ -127,6 +127,9 @@ def augment_stage(
     rng = np.random.default_rng(
         None if seed is None else [seed, int(ids[0]) if len(ids) else 0, len(ids)]
     )
+    perm = rng.permutation(len(ids))  # shuffle within the batch (blocks are shuffled by order)
+    batch = {k: v[perm] for k, v in batch.items()}
+    ids = batch["id"]
     a, b = augment(
         _as_tensors(batch["image"]),
         mode=mode,
@@ -190,12 +193,23 @@ def decoded_dataset(
             "exact": exact,
             "paired": paired,
         },
-        concurrency=cfg.parallelism,
+        compute=_tasks(cfg.parallelism),
         num_cpus=0.5,
     )
     if cfg.materialize:
-        ds = ds.materialize()
+        # Several blocks per worker so that randomize_block_order shuffles and every
+        # worker of streaming_split gets work.
+        rows = manifest.count(split, conditions)
+        ds = ds.repartition(
+            max(2 * cfg.parallelism, min(rows // 64, 256)), shuffle=False
+        ).materialize()
     return ds
+
+
+def _tasks(n: int):
+    from ray.data import TaskPoolStrategy
+
+    return TaskPoolStrategy(size=n)
 
 
 def augmented_dataset(
@@ -216,7 +230,7 @@ def augmented_dataset(
             "seed": cfg.seed,
             "paired": paired,
         },
-        concurrency=cfg.parallelism,
+        compute=_tasks(cfg.parallelism),
         num_cpus=0.5,
         zero_copy_batch=True,
     )
@@ -300,7 +314,7 @@ def iter_train_batches(
     batch_size: int,
     steps: int,
     device: torch.device | str | None = None,
-    shuffle_buffer: int = 0,
+    shuffle_buffer: int = 64,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Exactly `steps` batches merged from all streams (keys "A", "B", "A_id", ...);
     images as float32 [-1, 1] NCHW on `device`."""

@@ -1,0 +1,126 @@
+"""What an ingest layout provides: a deterministic scan of SRC into `Item`s.
+
+A layout knows only where a dataset keeps its files and metadata; reading, validating,
+de-duplicating, sharding and counting bad input are done once, in `mdir.data.ingest`.
+A new dataset layout is one small module with a `scan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+IMAGE_EXTS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+    ".ppm",
+    ".pgm",
+    ".pnm",
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input row: an image file (URI), its condition and what else is known."""
+
+    source: str
+    condition: str
+    place: int | str | None = None
+    pose: tuple[float, ...] | None = None  # x, y, z, qw, qx, qy, qz (camera centre, cam→world)
+    split: str | None = None  # None: assigned from a hash of the source path
+    source_b: str | None = None  # paired image (pix2pix)
+    condition_b: str | None = None
+
+    def fingerprint(self) -> str:
+        return repr(
+            (
+                self.source,
+                self.condition,
+                self.place,
+                self.pose,
+                self.split,
+                self.source_b,
+                self.condition_b,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row of metadata that cannot become an `Item` (counted under `reason`)."""
+
+    reason: str
+    source: str
+    detail: str = ""
+
+
+class Layout(Protocol):
+    name: str
+    paired: bool
+
+    def scan(self, src: str) -> Iterator[Item | BadRow]:
+        """Items in a deterministic order (sorted), so re-runs produce the same shards."""
+        ...
+
+    def extra(self, src: str) -> dict[str, Any]:
+        """Layout-specific metadata stored in manifest.extra (e.g. retrieval ground truth)."""
+        ...
+
+
+class LayoutBase:
+    """Defaults for layouts: unpaired, no extra metadata."""
+
+    name = "base"
+    paired = False
+
+    def extra(self, src: str) -> dict[str, Any]:
+        return {}
+
+
+def is_image_name(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTS)
+
+
+def quat_to_matrix(q: tuple[float, float, float, float]) -> list[list[float]]:
+    w, x, y, z = q
+    n = (w * w + x * x + y * y + z * z) ** 0.5 or 1.0
+    w, x, y, z = w / n, x / n, y / n, z / n
+    return [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ]
+
+
+def world_to_camera_to_pose(
+    qw: float, qx: float, qy: float, qz: float, tx: float, ty: float, tz: float
+) -> tuple[float, ...]:
+    """Visual-localization benchmark convention (``name qw qx qy qz tx ty tz``: the
+    world→camera rotation R and translation t) → mdir pose: camera centre c = −Rᵀt and the
+    camera→world rotation (the conjugate quaternion)."""
+    r = quat_to_matrix((qw, qx, qy, qz))
+    c = [-(r[0][i] * tx + r[1][i] * ty + r[2][i] * tz) for i in range(3)]
+    return (c[0], c[1], c[2], qw, -qx, -qy, -qz)
+
+
+def read_pose_file(text: str) -> dict[str, tuple[float, ...]]:
+    """``name qw qx qy qz tx ty tz`` per line (world→camera) → {name: mdir pose}; lines that
+    do not parse are ignored (the image then simply has no pose)."""
+    out: dict[str, tuple[float, ...]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 8 or line.lstrip().startswith("#"):
+            continue
+        try:
+            vals = [float(v) for v in parts[1:]]
+        except ValueError:
+            continue
+        out[parts[0]] = world_to_camera_to_pose(*vals)
+    return out
