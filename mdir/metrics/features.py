@@ -1,0 +1,323 @@
+"""Inception-v3 features for FID / KID / IS / PRD: the TF-ported FID network.
+
+`FIDInception` is Inception-v3 as used by the original TensorFlow FID code
+("pt_inception-2015-12-05", 1008 logits), built from torchvision's blocks with the TF
+differences: average pools in the A/C/E blocks exclude padding from the mean, and the last
+block (Mixed_7c) uses a max pool in its pool branch. Outputs: the 2048-d pool features
+(FID, KID, PRD) and the 1008 logits (IS).
+
+Weights are *never downloaded*. They come from, in order: the `weights` argument
+(`--inception-weights`, `EvalConfig.inception_weights`), the environment variable
+`MDIR_INCEPTION_WEIGHTS`, or a file `pt_inception-2015-12-05*.pth` in the torch hub cache
+(`$TORCH_HOME/hub/checkpoints`) or `~/.cache/mdir`. Without them the extractor only runs
+with `allow_random=True`: a seeded random initialisation labelled "random_inception", so
+every metric from it carries that suffix (`mdir.metrics.naming.metric_key`).
+
+Protocol (clean-fid): uint8 RGB → PIL bicubic resize to 299×299 done per channel in float
+(no re-quantisation) → (x − 128) / 128 as in the TF graph → float32 network.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import inception as tvi
+
+from mdir.metrics.naming import RANDOM_LABEL, STANDARD_LABEL
+
+INPUT_SIZE = 299
+FEATURE_DIM = 2048
+NUM_LOGITS = 1008
+WEIGHTS_ENV = "MDIR_INCEPTION_WEIGHTS"
+WEIGHTS_GLOB = "pt_inception-2015-12-05*.pth"
+
+
+class FIDInceptionA(tvi.InceptionA):
+    """InceptionA whose pool branch averages over valid pixels only (TF semantics)."""
+
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b1 = self.branch1x1(x)
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        bp = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        return [b1, b5, b3, bp]
+
+
+class FIDInceptionC(tvi.InceptionC):
+    """InceptionC with the TF average pool (padding excluded)."""
+
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b1 = self.branch1x1(x)
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        bd = self.branch7x7dbl_1(x)
+        for layer in (
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
+            bd = layer(bd)
+        bp = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        return [b1, b7, bd, bp]
+
+
+class FIDInceptionE(tvi.InceptionE):
+    """InceptionE; `pool="avg"` (Mixed_7b, padding excluded) or `pool="max"` (Mixed_7c)."""
+
+    def __init__(self, in_channels: int, pool: str = "avg") -> None:
+        super().__init__(in_channels)
+        self.pool = pool
+
+    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b1 = self.branch1x1(x)
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
+        if self.pool == "max":
+            p = F.max_pool2d(x, 3, stride=1, padding=1)
+        else:
+            p = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        return [b1, b3, bd, self.branch_pool(p)]
+
+
+class FIDInception(nn.Module):
+    """Inception-v3 of the FID literature. forward(x in [-1, 1], [N,3,299,299]) →
+    (pool [N, 2048], logits [N, 1008]). Parameter names match torchvision's Inception3
+    (and hence the pt_inception-2015-12-05 state dict)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        base = tvi.Inception3(num_classes=NUM_LOGITS, aux_logits=False, init_weights=False)
+        for name in (
+            "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3", "maxpool2", "Mixed_6a", "Mixed_7a", "fc",
+        ):  # fmt: skip
+            setattr(self, name, getattr(base, name))
+        self.Mixed_5b = FIDInceptionA(192, pool_features=32)
+        self.Mixed_5c = FIDInceptionA(256, pool_features=64)
+        self.Mixed_5d = FIDInceptionA(288, pool_features=64)
+        self.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
+        self.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
+        self.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
+        self.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
+        self.Mixed_7b = FIDInceptionE(1280, pool="avg")
+        self.Mixed_7c = FIDInceptionE(2048, pool="max")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for name in (
+            "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
+            "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+        ):  # fmt: skip
+            x = getattr(self, name)(x)
+        pool = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return pool, self.fc(pool)
+
+
+def random_init_(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Deterministic variance-preserving init (Kaiming normal, fan-in) so that random
+    features stay finite through 94 layers and equal on every worker for one seed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+            elif isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.in_features**0.5)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0 - m.eps)
+    return net
+
+
+def candidate_weight_paths() -> list[Path]:
+    """Local caches searched for the standard weights (no network access)."""
+    dirs = [Path(torch.hub.get_dir()) / "checkpoints", Path.home() / ".cache" / "mdir"]
+    out: list[Path] = []
+    for d in dirs:
+        out.extend(Path(p) for p in sorted(glob.glob(str(d / WEIGHTS_GLOB))))
+    return out
+
+
+def resolve_weights(weights: str | os.PathLike | None) -> Path | None:
+    """The weights file to use: argument → $MDIR_INCEPTION_WEIGHTS → local caches → None."""
+    for source, value in (("argument", weights), (WEIGHTS_ENV, os.environ.get(WEIGHTS_ENV))):
+        if value:
+            p = Path(value).expanduser()
+            if not p.is_file():
+                raise FileNotFoundError(f"Inception weights from {source} not found: {p}")
+            return p
+    found = candidate_weight_paths()
+    return found[0] if found else None
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """State dict from .safetensors or a tensors-only .pth (`weights_only=True`)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
+    if "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    return {k.removeprefix("module."): v for k, v in sd.items() if not k.startswith("AuxLogits.")}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resize_for_inception(img: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """uint8 HWC RGB → float32 [3, size, size] in [0, 255]: PIL bicubic per channel in
+    float mode (clean-fid's "clean" resize, no quantisation after resizing)."""
+    from PIL import Image
+
+    a = np.asarray(img)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HWC RGB image, got shape {a.shape}")
+    a = a[:, :, :3]
+    if a.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {a.dtype}")
+    if a.shape[0] == size and a.shape[1] == size:
+        return a.transpose(2, 0, 1).astype(np.float32)
+    chans = [
+        np.asarray(
+            Image.fromarray(a[:, :, c].astype(np.float32), mode="F").resize(
+                (size, size), resample=Image.BICUBIC
+            ),
+            dtype=np.float32,
+        )
+        for c in range(3)
+    ]
+    return np.stack(chans, axis=0)
+
+
+@dataclass
+class Features:
+    """pool: [N, 2048] float32 (FID/KID/PRD), logits: [N, 1008] float32 (IS)."""
+
+    pool: np.ndarray
+    logits: np.ndarray
+
+    @staticmethod
+    def concat(parts: Sequence[Features]) -> Features:
+        if not parts:
+            return Features(
+                np.zeros((0, FEATURE_DIM), np.float32), np.zeros((0, NUM_LOGITS), np.float32)
+            )
+        return Features(
+            np.concatenate([p.pool for p in parts]), np.concatenate([p.logits for p in parts])
+        )
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class FeatureExtractor:
+    """Inception-v3 pool features and logits of uint8 images under the clean-fid protocol.
+
+    `label` is "inception" with the standard weights, "random_inception" otherwise;
+    `source` says where the weights came from (path + sha256 prefix, or the seed).
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        allow_random: bool = False,
+        device: str = "auto",
+        batch_size: int = 32,
+        seed: int = 0,
+    ) -> None:
+        self.device = _pick_device(device)
+        self.batch_size = batch_size
+        net = FIDInception()
+        path = resolve_weights(weights)
+        if path is not None:
+            sd = load_state_dict_file(path)
+            missing, unexpected = net.load_state_dict(sd, strict=False)
+            # ports made before BatchNorm counted batches lack num_batches_tracked: harmless
+            missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"{path} is not an FID Inception-v3 state dict (pt_inception-2015-12-05, "
+                    f"{NUM_LOGITS} logits): missing {sorted(missing)[:5]}, unexpected "
+                    f"{sorted(unexpected)[:5]}"
+                )
+            self.label = STANDARD_LABEL
+            self.source = f"{path} (sha256 {_sha256(path)[:12]})"
+        elif allow_random:
+            random_init_(net, seed)
+            self.label = RANDOM_LABEL
+            self.source = f"random init (seed {seed}); NOT the FID network"
+        else:
+            raise FileNotFoundError(
+                "FID Inception weights not found and downloads are disabled. Give a local "
+                f"pt_inception-2015-12-05 file with --inception-weights / "
+                f"EvalConfig.inception_weights / ${WEIGHTS_ENV}, put it in "
+                f"{Path(torch.hub.get_dir()) / 'checkpoints'}, "
+                "or set allow_random_features=True (metrics are then labelled _random_inception)."
+            )
+        self.net = net.eval().to(self.device)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, cfg) -> FeatureExtractor:
+        """Build from an `EvalConfig`."""
+        return cls(
+            weights=cfg.inception_weights,
+            allow_random=cfg.allow_random_features,
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
+
+    @torch.no_grad()
+    def _forward(self, batch: np.ndarray) -> Features:
+        x = torch.from_numpy(batch).to(self.device)
+        x = (x - 128.0) / 128.0
+        pool, logits = self.net(x)
+        return Features(pool.float().cpu().numpy(), logits.float().cpu().numpy())
+
+    def iter_batches(self, images: Iterable[np.ndarray]) -> Iterator[Features]:
+        """Features batch by batch for an iterable of uint8 HWC images (any sizes)."""
+        buf: list[np.ndarray] = []
+        for img in images:
+            buf.append(resize_for_inception(img))
+            if len(buf) == self.batch_size:
+                yield self._forward(np.stack(buf))
+                buf = []
+        if buf:
+            yield self._forward(np.stack(buf))
+
+    def extract(self, images: np.ndarray | torch.Tensor | Iterable[np.ndarray]) -> Features:
+        """All features of uint8 images [N, H, W, 3] (array/tensor) or an iterable of HWC arrays."""
+        if isinstance(images, torch.Tensor):
+            images = images.cpu().numpy()
+        return Features.concat(list(self.iter_batches(images)))

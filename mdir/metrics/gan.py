@@ -1,0 +1,263 @@
+"""Image-quality evaluation of a translator: FID, KID, IS, PRD (+ SSIM / MS-SSIM when paired).
+
+`evaluate_translation` is the one function that training (at evaluation points), Ray Tune
+and `mdir eval gan` call, so their numbers agree. Protocol (DESIGN.md): the translated
+images are quantised to uint8 exactly once (no JPEG round trip) and go through the same
+clean-fid resize as the real images; features float32, statistics float64; a warning
+below 2048 images (FID is biased there, KID is reported beside it); model selection uses
+the validation split (`EvalConfig.split`), the test split only the final report.
+
+Keys: fid, kid, kid_std, is, is_std, prd_f8, prd_f1_8 with the standard Inception, each
+with the suffix `_random_inception` when the features came from a random network
+(`metric_key`); ssim, ms_ssim (no features involved) for paired data.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mdir.metrics.config import EvalConfig
+from mdir.metrics.features import FeatureExtractor, Features
+from mdir.metrics.fid import GaussianStats
+from mdir.metrics.inception_score import inception_score
+from mdir.metrics.kid import kernel_inception_distance
+from mdir.metrics.naming import metric_key
+from mdir.metrics.prd import PRDCurve, compute_prd
+
+log = logging.getLogger(__name__)
+
+FID_MIN_IMAGES = 2048
+FEATURE_BASED = ("fid", "kid", "is", "prd")
+
+
+@dataclass
+class GanEvalResult:
+    """Metric values plus what a report needs besides them."""
+
+    metrics: dict[str, float]
+    extractor_label: str | None = None
+    extractor_source: str | None = None
+    num_real: int = 0
+    num_fake: int = 0
+    prd: PRDCurve | None = None
+    warnings: list[str] = field(default_factory=list)
+    fake_images: np.ndarray | None = None
+
+
+_EXTRACTORS: dict[tuple, FeatureExtractor] = {}
+
+
+def get_extractor(cfg: EvalConfig) -> FeatureExtractor:
+    """A cached extractor per (weights, allow_random, device, seed): training calls the
+    evaluation many times and building the network costs seconds."""
+    key = (cfg.inception_weights, cfg.allow_random_features, cfg.device, cfg.seed)
+    ext = _EXTRACTORS.get(key)
+    if ext is None:
+        ext = FeatureExtractor.from_config(cfg)
+        _EXTRACTORS[key] = ext
+    ext.batch_size = cfg.batch_size
+    return ext
+
+
+def to_uint8_nhwc(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """uint8 [N, H, W, 3] from a uint8 array/tensor in NHWC or NCHW layout."""
+    a = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if a.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images, got {a.dtype}")
+    if a.ndim != 4:
+        raise ValueError(f"expected [N, H, W, 3] images, got shape {a.shape}")
+    if a.shape[-1] != 3 and a.shape[1] == 3:
+        a = a.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(a)
+
+
+def uint8_to_unit(batch: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC → float32 NCHW in [−1, 1] (the methods' input convention)."""
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def unit_to_uint8(t: torch.Tensor) -> np.ndarray:
+    """float NCHW in [−1, 1] → uint8 NHWC, rounded once (the only quantisation)."""
+    x = t.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def translate_images(
+    translate: Callable[..., torch.Tensor],
+    source: np.ndarray,
+    batch_size: int,
+    reference: np.ndarray | None = None,
+) -> np.ndarray:
+    """Run `translate` over uint8 source images in batches; uint8 NHWC output."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, source.shape[0], batch_size):
+            x = uint8_to_unit(source[s : s + batch_size])
+            if reference is None:
+                y = translate(x)
+            else:
+                y = translate(x, uint8_to_unit(reference[s : s + batch_size]))
+            out.append(unit_to_uint8(y))
+    return np.concatenate(out) if out else np.zeros((0, *source.shape[1:]), np.uint8)
+
+
+def feature_metrics(
+    real: Features, fake: Features, cfg: EvalConfig, label: str
+) -> tuple[dict[str, float], PRDCurve | None]:
+    """FID / KID / IS / PRD from already extracted features (keys named by `label`)."""
+    out: dict[str, float] = {}
+    prd = None
+    wanted = set(cfg.metrics)
+    if "fid" in wanted:
+        fid = GaussianStats.from_features(real.pool).frechet_distance(
+            GaussianStats.from_features(fake.pool)
+        )
+        out[metric_key("fid", label)] = fid
+    if "kid" in wanted:
+        kid, kid_std = kernel_inception_distance(
+            real.pool, fake.pool, cfg.kid_subsets, cfg.kid_subset_size, seed=cfg.seed
+        )
+        out[metric_key("kid", label)] = kid
+        out[metric_key("kid_std", label)] = kid_std
+    if "is" in wanted:
+        splits = min(cfg.is_splits, fake.logits.shape[0])
+        is_mean, is_std = inception_score(fake.logits, splits)
+        out[metric_key("is", label)] = is_mean
+        out[metric_key("is_std", label)] = is_std
+    if "prd" in wanted:
+        prd = compute_prd(
+            real.pool,
+            fake.pool,
+            cfg.prd_num_clusters,
+            cfg.prd_num_angles,
+            cfg.prd_num_runs,
+            seed=cfg.seed,
+        )
+        out[metric_key("prd_f8", label)] = prd.f8
+        out[metric_key("prd_f1_8", label)] = prd.f1_8
+    return out, prd
+
+
+def extract(
+    images: np.ndarray, cfg: EvalConfig, extractor: FeatureExtractor | None
+) -> tuple[Features, str, str]:
+    """Features of uint8 images, in this process or on Ray (`cfg.num_workers` > 0)."""
+    if cfg.num_workers > 0 and extractor is None:
+        from mdir.metrics.distributed import extract_features_distributed
+
+        d = extract_features_distributed(
+            images,
+            dict(
+                weights=cfg.inception_weights,
+                allow_random=cfg.allow_random_features,
+                device=cfg.device,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+            ),
+            num_workers=cfg.num_workers,
+        )
+        return Features(d.pool, d.logits), d.label, d.source
+    ext = extractor or get_extractor(cfg)
+    return ext.extract(images), ext.label, ext.source
+
+
+def compute_image_metrics(
+    real: np.ndarray,
+    fake: np.ndarray,
+    cfg: EvalConfig,
+    extractor: FeatureExtractor | None = None,
+    real_features: Features | None = None,
+) -> GanEvalResult:
+    """All requested metrics between uint8 real and fake images [N, H, W, 3]."""
+    real = to_uint8_nhwc(real)
+    fake = to_uint8_nhwc(fake)
+    if cfg.num_images is not None:
+        real, fake = real[: cfg.num_images], fake[: cfg.num_images]
+    res = GanEvalResult(metrics={}, num_real=len(real), num_fake=len(fake))
+    if min(len(real), len(fake)) < 2:
+        raise ValueError(f"need at least 2 real and 2 fake images, got {len(real)} and {len(fake)}")
+    if any(m in cfg.metrics for m in FEATURE_BASED):
+        n = min(len(real), len(fake))
+        if n < FID_MIN_IMAGES:
+            msg = (
+                f"FID from {n} < {FID_MIN_IMAGES} images is biased (upwards) and only comparable "
+                "at equal set sizes; see KID, which is unbiased."
+            )
+            res.warnings.append(msg)
+            warnings.warn(msg, stacklevel=2)
+        if real_features is None:
+            rf, label, source = extract(real, cfg, extractor)
+        else:
+            rf = real_features
+        ff, label, source = extract(fake, cfg, extractor)
+        res.extractor_label, res.extractor_source = label, source
+        vals, res.prd = feature_metrics(rf, ff, cfg, label)
+        res.metrics.update(vals)
+    paired = real.shape == fake.shape
+    for name in ("ssim", "ms_ssim"):
+        if name not in cfg.metrics:
+            continue
+        if not paired:
+            res.warnings.append(
+                f"{name} skipped: needs paired sets of equal shape, got {real.shape} vs {fake.shape}"
+            )
+            continue
+        from mdir.metrics.ssim import ms_ssim, ssim
+
+        fn = ssim if name == "ssim" else ms_ssim
+        try:
+            res.metrics[name] = float(fn(fake, real, data_range=255.0))
+        except ValueError as e:  # e.g. MS-SSIM on images ≤ 160 px
+            res.warnings.append(f"{name} skipped: {e}")
+    for w in res.warnings:
+        log.warning(w)
+    return res
+
+
+def evaluate_translation_detailed(
+    translate: Callable[..., torch.Tensor],
+    source_images: np.ndarray | torch.Tensor,
+    real_target_images: np.ndarray | torch.Tensor,
+    cfg: EvalConfig,
+    reference_images: np.ndarray | torch.Tensor | None = None,
+    *,
+    extractor: FeatureExtractor | None = None,
+    real_features: Features | None = None,
+    keep_fakes: bool = False,
+) -> GanEvalResult:
+    """Like `evaluate_translation`, returning the PRD curve, warnings and extractor label."""
+    src = to_uint8_nhwc(source_images)
+    tgt = to_uint8_nhwc(real_target_images)
+    ref = to_uint8_nhwc(reference_images) if reference_images is not None else None
+    if cfg.num_images is not None:
+        src, tgt = src[: cfg.num_images], tgt[: cfg.num_images]
+        ref = ref[: cfg.num_images] if ref is not None else None
+    fake = translate_images(translate, src, cfg.batch_size, ref)
+    res = compute_image_metrics(tgt, fake, cfg, extractor=extractor, real_features=real_features)
+    if keep_fakes:
+        res.fake_images = fake
+    return res
+
+
+def evaluate_translation(
+    translate: Callable[..., torch.Tensor],
+    source_images: np.ndarray | torch.Tensor,
+    real_target_images: np.ndarray | torch.Tensor,
+    cfg: EvalConfig,
+    reference_images: np.ndarray | torch.Tensor | None = None,
+    **kwargs,
+) -> dict[str, float]:
+    """Translate `source_images` (uint8 [N, H, W, 3]) with `translate` (float NCHW in
+    [−1, 1] → same; called as translate(x, reference) when `reference_images` is given) and
+    compare with `real_target_images` (uint8 [M, H, W, 3]). Returns {metric key: value};
+    see the module docstring for the keys. Keyword extras: `extractor=` (reuse one),
+    `real_features=` (cached features of the real set)."""
+    return evaluate_translation_detailed(
+        translate, source_images, real_target_images, cfg, reference_images, **kwargs
+    ).metrics
