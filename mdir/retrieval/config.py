@@ -148,13 +148,19 @@ class AugmentConfig(StrictModel):
 
 class RetrievalEvalConfig(StrictModel):
     split: str = Field(
-        "test", description="Split whose images form the evaluation queries and database."
+        "test",
+        description="Split of the evaluation queries (and of the database unless database_split is set).",
+    )
+    database_split: str | None = Field(
+        None,
+        description="Split of the database images when it differs from the queries' (RobotCar style: a train reference).",
     )
     database_conditions: list[str] = Field(
         default_factory=lambda: ["day"], description="Conditions of database images."
     )
     query_conditions: list[str] = Field(
-        default_factory=list, description="Conditions of query images (empty = all non-database)."
+        default_factory=list,
+        description="Conditions of query images (empty = all non-database conditions; all when database_split differs).",
     )
     night_conditions: list[str] = Field(
         default_factory=lambda: ["night"],

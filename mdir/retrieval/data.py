@@ -55,8 +55,11 @@ def from_store(
     pairs: dict[int, set[int]] = {}
     if mode == "pairs":
         assert pairs_file is not None
+        # pairs name rows by dataset row id (or by source path when the store provides it)
+        lookup = {str(int(i)): k for k, i in enumerate(ids)}
         src = meta.get("source") if source is None else source
-        lookup = {str(s): i for i, s in enumerate(src)} if src is not None else None
+        if src is not None:
+            lookup.update({str(s): k for k, s in enumerate(src)})
         pairs = read_pairs(pairs_file, lookup)
     matching = Matching(
         mode=mode,
@@ -91,3 +94,55 @@ def open_split(
             + (f" of conditions {list(conditions)}" if conditions else "")
         )
     return from_store(store, positives, max_translation_m, max_rotation_deg, pairs_file)
+
+
+class ConcatStore:
+    """Several `ImageStore`s seen as one (rows numbered consecutively, condition names merged).
+
+    Used when the evaluation database and queries come from different splits (e.g. RobotCar
+    style: day reference images of the train split, queries of every condition from test)."""
+
+    def __init__(self, stores: Sequence[ImageStore]) -> None:
+        self.stores = list(stores)
+        names: list[str] = []
+        for s in self.stores:
+            names += [c for c in s.conditions if c not in names]
+        self.conditions = names
+        self._sizes = [len(s) for s in self.stores]
+        self._offsets = np.cumsum([0, *self._sizes])
+        self._ids = [np.asarray(s.ids(), dtype=np.int64) for s in self.stores]
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def ids(self) -> np.ndarray:
+        return np.arange(len(self), dtype=np.int64)
+
+    def meta(self) -> dict[str, np.ndarray]:
+        parts = [s.meta() for s in self.stores]
+        cond = [
+            np.array(
+                [self.conditions.index(s.conditions[c]) for c in np.asarray(m["condition"])],
+                dtype=np.int64,
+            )
+            for s, m in zip(self.stores, parts, strict=True)
+        ]
+        out: dict[str, np.ndarray] = {"condition": np.concatenate(cond)}
+        for key in ("place", "pose", "split", "source"):
+            if all(key in m for m in parts):
+                out[key] = np.concatenate([np.asarray(m[key]) for m in parts])
+        return out
+
+    def load(self, ids: Sequence[int]) -> Tensor:
+        import torch
+
+        ids = np.asarray(ids, dtype=np.int64)
+        which = np.searchsorted(self._offsets, ids, side="right") - 1
+        out: list[Tensor | None] = [None] * len(ids)
+        for k in np.unique(which):
+            sel = np.flatnonzero(which == k)
+            local = self._ids[k][ids[sel] - self._offsets[k]]
+            imgs = self.stores[k].load(local.tolist())
+            for j, i in enumerate(sel):
+                out[i] = imgs[j]
+        return torch.stack(out)  # type: ignore[arg-type]

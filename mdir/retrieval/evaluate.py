@@ -10,7 +10,7 @@ ranked by descriptor similarity (exact search, or faiss for large sets), and the
   all queries and split into ``day`` / ``night`` queries (`eval.night_conditions`);
 * ``map`` — revisited-protocol mAP with the positives as the "easy" set (synthetic data has
   no hard/junk distinction, so Easy = Medium; reported as ``map``), ×1 (not ×100);
-* ``loc@<t>m_<r>deg`` — localization recall: the pose of the top-1 database image is the
+* ``loc/{day,night}/<t>m_<r>deg`` — localization recall: the pose of the top-1 database image is the
   query's pose estimate; fraction of queries within (0.25 m, 2°), (0.5 m, 5°), (5 m, 10°),
   Day-All / Night-All as in the MDUIT table. Only queries with a known pose count.
 """
@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from mdir.retrieval.config import RetrievalEvalConfig, RetrievalJobConfig
-from mdir.retrieval.data import SplitData, open_split
+from mdir.retrieval.data import SplitData
 from mdir.retrieval.descriptors import extract
-from mdir.retrieval.positives import pose_errors
 from mdir.retrieval.search import search
 
 LOC_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
@@ -41,38 +40,52 @@ class EvalSet:
     is_night: np.ndarray  # bool per query
 
     @classmethod
-    def from_split(cls, data: SplitData, ecfg: RetrievalEvalConfig) -> EvalSet:
-        db = data.rows_with_condition(ecfg.database_conditions)
+    def from_split(
+        cls, data: SplitData, ecfg: RetrievalEvalConfig, n_query_rows: int | None = None
+    ) -> EvalSet:
+        """`data` rows [0, n_query_rows) are query candidates and the rest database candidates
+        (two splits concatenated), or all rows are both when `n_query_rows` is None."""
+        n = len(data)
+        nq = n if n_query_rows is None else n_query_rows
+        db_cand = np.arange(n) if n_query_rows is None else np.arange(nq, n)
+        db = np.intersect1d(db_cand, data.rows_with_condition(ecfg.database_conditions))
         if ecfg.query_conditions:
-            q = data.rows_with_condition(ecfg.query_conditions)
+            q = np.intersect1d(np.arange(nq), data.rows_with_condition(ecfg.query_conditions))
+        elif n_query_rows is None:
+            q = np.setdiff1d(np.arange(n), db)
         else:
-            q = np.setdiff1d(np.arange(len(data)), db)
+            q = np.arange(nq)
         if ecfg.limit:
             q = q[: ecfg.limit]
         if len(db) == 0 or len(q) == 0:
             raise ValueError(
-                f"evaluation split has {len(db)} database images (conditions {ecfg.database_conditions}) "
-                f"and {len(q)} queries; check eval.database_conditions / eval.query_conditions"
+                f"evaluation has {len(db)} database images (conditions {ecfg.database_conditions}) "
+                f"and {len(q)} queries; check eval.split / database_split / database_conditions / query_conditions"
             )
         night = np.isin(data.condition[q], list(ecfg.night_conditions))
-        return cls(data=data, db_rows=db, query_rows=q, is_night=night)
+        return cls(
+            data=data, db_rows=db.astype(np.int64), query_rows=q.astype(np.int64), is_night=night
+        )
 
     @classmethod
     def open(
         cls, cfg: RetrievalJobConfig, image_size: int | None = None, uri: str | None = None
     ) -> EvalSet:
-        d = cfg.data
-        data = open_split(
-            uri or d.uri,
-            cfg.eval.split,
-            image_size or d.image_size,
-            None,
-            d.positives,
-            d.max_translation_m,
-            d.max_rotation_deg,
-            None,
-        )
-        return cls.from_split(data, cfg.eval)
+        from mdir.data.store import ShardImageStore
+        from mdir.retrieval.data import ConcatStore, from_store
+
+        d, e = cfg.data, cfg.eval
+        size = image_size or d.image_size
+        qstore = ShardImageStore(uri or d.uri, e.split, size)
+        nq = None
+        store = qstore
+        if e.database_split and e.database_split != e.split:
+            dbstore = ShardImageStore(
+                uri or d.uri, e.database_split, size, conditions=list(e.database_conditions)
+            )
+            store, nq = ConcatStore([qstore, dbstore]), len(qstore)
+        data = from_store(store, d.positives, d.max_translation_m, d.max_rotation_deg, None)
+        return cls.from_split(data, e, nq)
 
     def positives(self) -> list[np.ndarray]:
         """Per query: indices into `db_rows` of its positives."""
@@ -83,7 +96,12 @@ class EvalSet:
 def compute_metrics(
     qvecs: np.ndarray, dbvecs: np.ndarray, es: EvalSet, ecfg: RetrievalEvalConfig
 ) -> dict[str, float]:
-    """Metrics from descriptors (queries [Q, D], database [N, D]) — see the module docstring."""
+    """Metrics from descriptors (queries [Q, D], database [N, D]) — see the module docstring.
+
+    Keys: ``recall@N/{all,day,night}``, ``map``, ``mp@k``, ``loc/{all,day,night}/<t>m_<r>deg``,
+    and ``eval/*`` counts. Queries without any positive in the database count as misses
+    (NetVLAD / Tokyo 24/7 convention) and are reported in ``eval/queries_without_positive``.
+    """
     from mdir.metrics.retrieval import localization_recall, recall_at_n, revisited_map
 
     _, ranks = search(
@@ -93,14 +111,15 @@ def compute_metrics(
     has_pos = np.array([len(p) > 0 for p in pos])
     out: dict[str, float] = {
         "eval/queries": float(len(pos)),
+        "eval/night_queries": float(es.is_night.sum()),
         "eval/queries_without_positive": float((~has_pos).sum()),
         "eval/database": float(len(es.db_rows)),
     }
     ns = sorted(set(ecfg.recall_n))
     for name, sel in (
-        ("all", has_pos),
-        ("day", has_pos & ~es.is_night),
-        ("night", has_pos & es.is_night),
+        ("all", np.ones(len(pos), bool)),
+        ("day", ~es.is_night),
+        ("night", es.is_night),
     ):
         if not sel.any():
             continue
@@ -108,20 +127,19 @@ def compute_metrics(
         for n in ns:
             out[f"recall@{n}/{name}"] = float(r[n])
     if has_pos.any():
-        gnd = [
-            {"easy": pos[i], "hard": np.zeros(0, np.int64), "junk": np.zeros(0, np.int64)}
-            for i in np.flatnonzero(has_pos)
-        ]
-        out["map"] = float(revisited_map(ranks[has_pos], gnd, "easy"))
+        empty = np.zeros(0, np.int64)
+        gnd = [{"easy": pos[i], "hard": empty, "junk": empty} for i in np.flatnonzero(has_pos)]
+        m = revisited_map(ranks[has_pos], gnd, "easy")
+        out["map"] = m["map"]
+        out.update({k: v for k, v in m.items() if k.startswith("mp@")})
     poses = es.data.matching.pose
-    qp, dp = poses[es.query_rows], poses[es.db_rows[ranks[:, 0]]]
-    known = ~np.isnan(qp).any(axis=1) & ~np.isnan(dp).any(axis=1)
-    if known.any():
-        t_err, r_err = pose_errors(qp[known], dp[known])
-        loc = localization_recall(t_err, r_err, es.is_night[known], LOC_THRESHOLDS)
-        for split_name, values in loc.items():
-            for (t, a), v in zip(LOC_THRESHOLDS, values, strict=True):
-                out[f"loc@{t:g}m_{a:g}deg/{split_name}"] = float(v)
+    qp, dp = poses[es.query_rows], poses[es.db_rows]
+    if np.isfinite(qp).all(axis=1).any():
+        # the metric splits by condition name; map our night_conditions onto it
+        conds = ["night" if n else "day" for n in es.is_night]
+        loc = localization_recall(ranks, qp, dp, conds, LOC_THRESHOLDS)
+        out.update({f"loc/{k}": v for k, v in loc.items() if "/" in k})
+        out["eval/loc_skipped_queries"] = loc["skipped_queries"]
     return out
 
 

@@ -279,14 +279,18 @@ def _make_augmenter(
         translator.to(device)
     method = str(getattr(translator, "method", ""))
     needs_ref = method == "mduit"
+    ref_data = data
     ref_rows = data.rows_with_condition([cfg.augment.target_condition])
     if needs_ref and len(ref_rows) == 0:
-        raise ValueError(
-            f"augment.target_condition {cfg.augment.target_condition!r}: no training images for MDUIT references"
+        # the tuples may exclude the target condition (e.g. train without night images): draw
+        # MDUIT appearance references from the whole training split instead
+        ref_data = open_split(
+            cfg.data.uri, cfg.data.train_split, cfg.data.image_size, [cfg.augment.target_condition]
         )
+        ref_rows = np.arange(len(ref_data), dtype=np.int64)
 
     def draw_reference(n: int, rng: np.random.Generator) -> torch.Tensor:
-        return data.load(rng.choice(ref_rows, size=n, replace=True).tolist())
+        return ref_data.load(rng.choice(ref_rows, size=n, replace=True).tolist())
 
     aug = GanAugmenter(
         translator,
@@ -347,11 +351,7 @@ def train_worker(loop_cfg: dict) -> dict[str, Any]:
     from mdir.retrieval.model import build_model
 
     model = build_model(cfg.model).to(device)
-    net = (
-        prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
-        if world > 1
-        else model
-    )
+    net = prepare_model(model) if world > 1 else model
     pool_params = list(model.net.pool.parameters())
     pool_ids = {id(p) for p in pool_params}
     optimizer = torch.optim.Adam(
