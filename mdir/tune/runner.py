@@ -332,6 +332,11 @@ def collect_rows(
             (int(h["step"]) for h in history if h.get("step") is not None), default=len(history)
         )
         run_id, model_uri = runs.get(trial_id, (None, None))
+        reported = [h for h in history if isinstance(h.get("mlflow_run_id"), str)]
+        if reported:  # the training job's final report names its run
+            run_id = reported[-1]["mlflow_run_id"]
+            if model_uri is None and tracking_uri:
+                model_uri = _version_uri(tracking_uri, run_id)
         rows.append(
             Row(
                 trial_id=trial_id,
@@ -353,6 +358,18 @@ def collect_rows(
     return rows
 
 
+def _version_uri(tracking_uri: str, run_id: str) -> str | None:
+    """``models:/<name>/<version>`` of the newest version registered from `run_id` (an
+    alias like @candidate moves with later trials; the version does not)."""
+    from mlflow.tracking import MlflowClient
+
+    versions = MlflowClient(tracking_uri).search_model_versions(f"run_id = '{run_id}'")
+    if not versions:
+        return None
+    mv = max(versions, key=lambda v: int(v.version))
+    return f"models:/{mv.name}/{mv.version}"
+
+
 def _child_runs(tracking_uri: str, parent_run_id: str) -> dict[str, tuple[str, str | None]]:
     """trial id → (child run id, latest registered model URI of that run)."""
     from mlflow.tracking import MlflowClient
@@ -369,12 +386,7 @@ def _child_runs(tracking_uri: str, parent_run_id: str) -> dict[str, tuple[str, s
         tid = run.data.tags.get(TRIAL_TAG)
         if not tid:
             continue
-        versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
-        uri = None
-        if versions:
-            mv = max(versions, key=lambda v: int(v.version))
-            uri = f"models:/{mv.name}/{mv.version}"
-        out[tid] = (run.info.run_id, uri)
+        out[tid] = (run.info.run_id, _version_uri(tracking_uri, run.info.run_id))
     return out
 
 

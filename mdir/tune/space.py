@@ -161,6 +161,10 @@ class TuneSpace(StrictModel):
         None,
         description="Job config YAML the trials start from (relative to the CWD or to this file).",
     )
+    base: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Inline base config (nested mapping), merged over base_config.",
+    )
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Fixed dotted keys applied to every trial."
     )
@@ -211,8 +215,10 @@ class TuneSpace(StrictModel):
         labels = [c.label for c in self.cases]
         if len(set(labels)) != len(labels):
             raise ValueError(f"case labels must be unique (got {labels})")
-        if self.backend == "train" and self.base_config is None:
-            raise ValueError("base_config is required for backend 'train'")
+        if self.backend == "train" and self.base_config is None and not self.base:
+            raise ValueError(
+                "backend 'train' needs base_config (a job config file) or an inline base"
+            )
         return self
 
 
@@ -283,9 +289,19 @@ def resolve_base_config(space: TuneSpace, space_path: str | Path | None) -> Path
 
 
 def base_dict(space: TuneSpace, space_path: str | Path | None) -> dict[str, Any]:
-    """Base config mapping (empty for the toy backend without a base file)."""
+    """Base config mapping: the base_config file, then the inline `base` merged over it."""
     p = resolve_base_config(space, space_path)
-    return read_yaml(p) if p is not None else {}
+    out = read_yaml(p) if p is not None else {}
+    return _merge(out, space.base)
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = _copy(a)
+    for k, v in b.items():
+        out[k] = (
+            _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else _copy(v)
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- dotted keys
@@ -406,26 +422,50 @@ def trial_config(space: TuneSpace, base: dict[str, Any], trial: Trial) -> dict[s
     return apply_params(base, space.overrides, scaling, trial.params)
 
 
+REPORTED_METRICS = ("fid", "kid", "is", "prd_f8", "prd_f1_8")
+RANDOM_SUFFIX = "_random_inception"
+
+
 def validate_trials(space: TuneSpace, base: dict[str, Any], trials: list[Trial]) -> list[Any]:
     """Validate every trial's config against `TrainJobConfig` (backend train).
 
     A key the training code does not read is an error (the schema forbids unknown keys),
-    reported with the trial's label and the dotted field, before anything starts.
+    reported with the trial's label and the dotted field, before anything starts. The
+    ranking metric must be one the training job reports, and evaluation points must be
+    reported to Tune (``train.checkpoint_every`` = ``train.eval_every``).
     """
     if space.backend != "train":
         return []
     from mdir.training.config import TrainJobConfig
 
+    metric = space.metric.name
+    if metric.removesuffix(RANDOM_SUFFIX) not in REPORTED_METRICS:
+        known = [m + s for m in REPORTED_METRICS for s in ("", RANDOM_SUFFIX)]
+        raise ConfigError(
+            f"space {space.name!r}: metric.name {metric!r} is not reported by training; use one of {known}"
+        )
     out = []
     for t in trials:
         try:
-            out.append(
-                validate(
-                    TrainJobConfig,
-                    trial_config(space, base, t),
-                    source=f"trial {t.index} ({t.label})",
-                )
+            cfg = validate(
+                TrainJobConfig, trial_config(space, base, t), source=f"trial {t.index} ({t.label})"
             )
         except ConfigError as e:
             raise ConfigError(f"space {space.name!r}: {e}") from None
+        tr = cfg.train
+        if not tr.evaluate:
+            raise ConfigError(
+                f"space {space.name!r}: trial {t.index}: train.evaluate is false, nothing to rank on"
+            )
+        if tr.eval_every and tr.checkpoint_every != tr.eval_every:
+            raise ConfigError(
+                f"space {space.name!r}: trial {t.index}: train.checkpoint_every ({tr.checkpoint_every}) must equal "
+                f"train.eval_every ({tr.eval_every}): Tune receives one result per report (checkpoint)"
+            )
+        wants_random = metric.endswith(RANDOM_SUFFIX)
+        if wants_random and not cfg.eval.allow_random_features:
+            raise ConfigError(
+                f"space {space.name!r}: metric {metric!r} needs eval.allow_random_features: true (trial {t.index})"
+            )
+        out.append(cfg)
     return out

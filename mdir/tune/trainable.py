@@ -54,6 +54,16 @@ class ReportMetricToTune(UserCallback):
         self._queue.put(row)
 
 
+def normalize_report(row: dict[str, Any]) -> dict[str, Any]:
+    """Training reports evaluation results as ``eval/<key>``; Tune and the leaderboard use
+    the bare key (``eval/fid`` → ``fid``, ``eval/fid_random_inception`` → ``fid_random_inception``)."""
+    out = {k: v for k, v in row.items() if "/" not in k}
+    for k, v in row.items():
+        if k.startswith("eval/"):
+            out[k.removeprefix("eval/")] = v
+    return out
+
+
 def trial_fn(config: dict[str, Any]) -> None:
     """Tune function trainable (runs in the trial actor)."""
     from ray import tune
@@ -172,21 +182,39 @@ def _run_toy(space: Any, trial: Any, sweep: dict[str, Any], trial_id: str) -> No
 
 
 def _run_train(space: Any, trial: Any, sweep: dict[str, Any], trial_id: str) -> None:
-    """Real backend: the trial's `TrainJobConfig`, a `TorchTrainer` from `build_trainer`."""
+    """Real backend: the trial's `TrainJobConfig`, a `TorchTrainer` from `build_trainer`.
+
+    Training itself creates the MLflow run (nested under the sweep's parent through
+    ``mlflow.parent_run_id``), logs curves and sample grids, and registers the generator;
+    its final report carries ``mlflow_run_id`` and ``model_uri``, which the leaderboard
+    reads. The Train run is named after the Tune trial, so a retried or resumed trial
+    continues from its last checkpoint instead of starting over.
+    """
+    from mlflow.tracking import MlflowClient
+
     from mdir.config import validate
     from mdir.training.config import TrainJobConfig
     from mdir.training.run import build_trainer
     from mdir.tune.space import apply_params, trial_config
 
-    run_id = _child_run(sweep, trial, trial_id, trial.params)
     data = trial_config(space, sweep["base"], trial)
     extra: dict[str, Any] = {
         "storage.path": sweep["train_storage"],
         "storage.name": f"trial-{trial_id}",
+        "mlflow.run_name": f"{sweep['name']}-{trial.index:03d}",
+        "mlflow.experiment": space.experiment,
     }
-    if run_id:
-        extra["mlflow.run_id"] = run_id
+    if sweep.get("parent_run_id"):
         extra["mlflow.parent_run_id"] = sweep["parent_run_id"]
+        extra["mlflow.tracking_uri"] = sweep["tracking_uri"]
+    else:
+        extra["mlflow.enabled"] = False
     cfg = validate(TrainJobConfig, apply_params(data, extra), source=f"trial {trial.index}")
     trainer = build_trainer(cfg, extra_callbacks=[ReportMetricToTune(space.metric.name)])
-    trainer.fit()
+    result = trainer.fit()
+    run_id = (result.metrics or {}).get("mlflow_run_id")
+    if run_id and sweep.get("tracking_uri"):
+        client = MlflowClient(sweep["tracking_uri"])
+        client.set_tag(run_id, TRIAL_TAG, trial_id)
+        client.set_tag(run_id, SWEEP_TAG, sweep["name"])
+        client.set_tag(run_id, LABEL_TAG, trial.label)
