@@ -116,11 +116,7 @@ def prepare_image(
         raise BadInput("too_large", str(e)) from None
     except OSError as e:
         msg = str(e)
-        reason = (
-            "truncated"
-            if "truncated" in msg.lower() or "broken data stream" in msg.lower()
-            else "corrupt"
-        )
+        reason = "truncated" if "truncated" in msg.lower() else "corrupt"
         raise BadInput(reason, msg) from None
     except Exception as e:  # decoder bugs on hostile input: never crash the ingest
         raise BadInput("corrupt", f"{type(e).__name__}: {e}") from None

@@ -70,15 +70,11 @@ class ChunkResult:
 def _read(uri: str) -> bytes:
     fs, path = io.get_fs(uri)
     try:
-        if not fs.exists(path):
-            raise BadInput("missing", uri)
         with fs.open(path, "rb") as f:
             return f.read()
-    except BadInput:
-        raise
     except FileNotFoundError:
         raise BadInput("missing", uri) from None
-    except (PermissionError, IsADirectoryError, OSError) as e:
+    except (PermissionError, IsADirectoryError, OSError) as e:  # EACCES, ELOOP, EIO, ...
         raise BadInput("unreadable", f"{type(e).__name__}: {e}") from None
 
 
