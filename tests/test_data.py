@@ -176,7 +176,7 @@ def _bad_input_tree(root):
     (night / "rgba.png").write_bytes(_img_bytes(_rand(15), "PNG", "RGBA"))
     (night / "pal.png").write_bytes(_img_bytes(_rand(16), "PNG", "P"))
     (night / "cmyk.jpg").write_bytes(_img_bytes(_rand(17), "JPEG", "CMYK"))
-    im16 = Image.fromarray((_rand(18)[..., 0].astype(np.uint16) * 257))
+    im16 = Image.fromarray(_rand(18)[..., 0].astype(np.uint16) * 257)
     b = io.BytesIO()
     im16.save(b, "PNG")
     (night / "deep.png").write_bytes(b.getvalue())
