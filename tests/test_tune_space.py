@@ -1,0 +1,265 @@
+"""Search-space language, expansion, shipped spaces, leaderboard (no Ray, fast)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mdir.config import ConfigError
+from mdir.tune.leaderboard import Row, best_point, metric_variants, sort_rows, to_csv, to_markdown
+from mdir.tune.space import expand, load_space, parse_space, trial_config, validate_trials
+from mdir.tune.trainable import normalize_report
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACES = ROOT / "tune_spaces"
+
+
+def toy(text: str):
+    return parse_space("name: t\nbackend: toy\n" + text)
+
+
+def test_grid_is_cartesian_product_times_samples():
+    s = toy(
+        """
+parameters:
+  toy.lr: {grid: [0.1, 0.2, 0.3]}
+  toy.target: {grid: [1, 2]}
+  toy.sleep: {uniform: [0.0, 1.0]}
+num_samples: 2
+"""
+    )
+    trials = expand(s)
+    assert len(trials) == 3 * 2 * 2
+    assert [t.index for t in trials] == list(range(12))
+    combos = {(t.params["toy.lr"], t.params["toy.target"]) for t in trials}
+    assert len(combos) == 6
+    draws = [t.params["toy.sleep"] for t in trials]
+    assert all(0.0 <= d < 1.0 for d in draws) and len(set(draws)) == 12
+    assert expand(s) == trials  # deterministic (resume relies on it)
+
+
+def test_distributions_stay_in_bounds():
+    s = toy(
+        """
+parameters:
+  toy.lr: {loguniform: [1.0e-4, 1.0e-2]}
+  toy.evals: {randint: [2, 5]}
+  toy.fail_mode: {choice: [once, always]}
+num_samples: 200
+seed: 3
+"""
+    )
+    trials = expand(s)
+    lrs = [t.params["toy.lr"] for t in trials]
+    assert min(lrs) >= 1e-4 and max(lrs) < 1e-2
+    # log-uniform: about half the draws below the geometric mean 1e-3
+    below = sum(lr < 1e-3 for lr in lrs) / len(lrs)
+    assert 0.35 < below < 0.65
+    assert {t.params["toy.evals"] for t in trials} == {2, 3, 4}
+    assert {t.params["toy.fail_mode"] for t in trials} == {"once", "always"}
+
+
+def test_conditional_keys_only_where_they_apply_and_no_duplicates():
+    s = parse_space(
+        """
+name: cond
+backend: toy
+cases:
+  - {label: p2p, set: {method.name: pix2pix}}
+  - {label: mduit, set: {method.name: mduit}}
+parameters:
+  method.dropout: {grid: [false, true], when: {method.name: [pix2pix, cyclegan]}}
+  method.loss_weight_norm: {grid: [false, true]}
+  method.beta_nce: {uniform: [0.5, 2.0], when: {method.name: [mduit]}}
+"""
+    )
+    trials = expand(s)
+    p2p = [t for t in trials if t.params["method.name"] == "pix2pix"]
+    md = [t for t in trials if t.params["method.name"] == "mduit"]
+    assert len(p2p) == 4 and len(md) == 2  # dropout not expanded where it does not apply
+    assert all("method.dropout" in t.params and "method.beta_nce" not in t.params for t in p2p)
+    assert all("method.dropout" not in t.params and "method.beta_nce" in t.params for t in md)
+    assert trials[0].label.startswith("p2p")
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("parameters:\n  toy.lr: {grid: []}\n", "parameters.toy.lr"),
+        ("parameters:\n  toy.lr: {uniform: [1.0, 0.5]}\n", "parameters.toy.lr"),
+        ("parameters:\n  toy.lr: {loguniform: [0.0, 1.0]}\n", "parameters.toy.lr"),
+        ("parameters:\n  toy.lr: {grid: [1], choice: [2]}\n", "parameters.toy.lr"),
+        ("parameters:\n  toy.lr: {normal: [0, 1]}\n", "parameters.toy.lr.normal"),
+        ("scheduler: {type: hyperband}\n", "scheduler.type"),
+        ("scheduler: {type: asha, reduction_factor: 1}\n", "scheduler.reduction_factor"),
+        ("metric: {name: fid, mode: lowest}\n", "metric.mode"),
+        ("max_concurrent_trials: 0\n", "max_concurrent_trials"),
+        ("resources_per_trial: {num_workers: 0}\n", "resources_per_trial.num_workers"),
+        ("num_sample: 3\n", "num_sample"),
+    ],
+)
+def test_bad_space_error_names_the_field(text: str, field: str):
+    with pytest.raises(ConfigError) as e:
+        toy(text)
+    assert any(line.strip().startswith(field + ":") for line in str(e.value).splitlines()), str(
+        e.value
+    )
+
+
+def test_bad_yaml_and_bad_keys_are_named(tmp_path: Path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: x\nparameters: {a: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_space(p)
+    with pytest.raises(ConfigError, match="'method..lr' is not a dotted config key"):
+        toy("parameters:\n  method..lr: {grid: [1]}\n")
+    with pytest.raises(ConfigError, match="  name: .*letters, digits"):
+        parse_space("name: a b\nbackend: toy\n")
+    with pytest.raises(ConfigError, match="environment variable MDIR_NOT_SET_X"):
+        toy("overrides: {data.uri: '${MDIR_NOT_SET_X}'}\n")
+
+
+def test_env_default_expansion(monkeypatch: pytest.MonkeyPatch):
+    s = toy("overrides: {toy.target: '${MDIR_T_TEST:-7}'}\n")
+    assert s.overrides["toy.target"] == "7"
+    monkeypatch.setenv("MDIR_T_TEST", "9")
+    assert toy("overrides: {toy.target: '${MDIR_T_TEST:-7}'}\n").overrides["toy.target"] == "9"
+
+
+def test_thesis_grid_is_the_thesis_grid():
+    space = load_space(SPACES / "thesis_grid.yaml")
+    from mdir.tune.space import base_dict
+
+    base = base_dict(space, SPACES / "thesis_grid.yaml")
+    trials = expand(space, base)
+    assert len(trials) == 20
+    combos = {
+        (
+            t.params["method.name"],
+            t.params["data.uri"].rsplit("/", 1)[-1],
+            t.params["method.dropout"],
+            t.params["method.loss_weight_norm"],
+        )  # fmt: skip
+        for t in trials
+    }
+    assert len(combos) == 20
+    per_case = {(m, d) for m, d, _, _ in combos}
+    assert per_case == {
+        ("cyclegan", "aachen"),
+        ("cyclegan", "robotcar"),
+        ("cyclegan", "retrieval_sfm"),
+        ("cyclegan", "transient_attributes"),
+        ("pix2pix", "transient_attributes"),
+    }
+    cfgs = validate_trials(space, base, trials)
+    assert all(
+        c.method.lr == 2e-4 and c.method.beta1 == 0.9 and c.train.batch_size == 5 for c in cfgs
+    )
+    p2p = [c for c in cfgs if c.method.name == "pix2pix"]
+    assert all(c.data.mode == "paired" for c in p2p)
+    robot = [c for c in cfgs if c.data.uri.endswith("robotcar")]
+    assert all(c.data.augment == "resize" and c.train.epochs == 200 for c in robot)
+
+
+@pytest.mark.parametrize("name", ["thesis_grid.yaml", "mduit_loss_weights.yaml", "demo.yaml"])
+def test_shipped_spaces_validate_against_training_schema(name: str):
+    from mdir.tune.runner import prepare
+
+    space = load_space(SPACES / name)
+    _, trials = prepare(space, SPACES / name)
+    assert trials
+    if name == "mduit_loss_weights.yaml":
+        assert len(trials) == 16
+        for t in trials:  # within ×/÷2 of the paper's β's, lr around 2e-4
+            assert 50 <= t.params["method.beta_rs"] < 200 and 5 <= t.params["method.beta_cc"] < 20
+            assert 1e-4 <= t.params["method.lr"] < 4e-4
+
+
+def test_unknown_training_key_is_rejected_with_trial_and_field():
+    from mdir.tune.runner import prepare
+    from mdir.tune.space import base_dict
+
+    space = load_space(SPACES / "demo.yaml")
+    bad = space.model_copy(
+        update={"parameters": {**space.parameters, "method.droput": space.parameters["method.lr"]}}
+    )
+    with pytest.raises(ConfigError) as e:
+        prepare(bad, SPACES / "demo.yaml")
+    assert "trial 0" in str(e.value) and "droput: unknown key" in str(e.value)
+    wrong_metric = space.model_copy(
+        update={"metric": space.metric.model_copy(update={"name": "fidd"})}
+    )
+    with pytest.raises(ConfigError, match="metric.name 'fidd'"):
+        validate_trials(wrong_metric, base_dict(space, SPACES / "demo.yaml"), expand(space))
+
+
+def test_trial_config_layers():
+    space = load_space(SPACES / "demo.yaml")
+    from mdir.tune.space import base_dict
+
+    base = base_dict(space, SPACES / "demo.yaml")
+    t = expand(space, base)[3]
+    cfg = trial_config(space, base, t)
+    assert cfg["method"]["lr"] == t.params["method.lr"] and cfg["method"]["ngf"] == 8
+    assert cfg["scaling"] == {"num_workers": 1, "cpus_per_worker": 0.5, "use_gpu": False}
+
+
+def test_dry_run_cli_json(capsys: pytest.CaptureFixture[str]):
+    from typer.testing import CliRunner
+
+    from mdir.cli import app
+
+    res = CliRunner().invoke(
+        app, ["tune", "run", "--space", str(SPACES / "thesis_grid.yaml"), "--dry-run", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    listing = json.loads(res.output.strip().splitlines()[-1])
+    assert listing["count"] == 20 and len(listing["trials"]) == 20
+    assert listing["trials"][0]["params"]["method.name"] == "cyclegan"
+    bad = CliRunner().invoke(app, ["tune", "run", "--space", "/nonexistent.yaml", "--dry-run"])
+    assert bad.exit_code == 2
+
+
+def test_leaderboard_sorting_and_formats():
+    rows = [
+        Row("a", 0, "x", "finished", 30.0, {"kid": 0.3}),
+        Row("b", 1, "y", "error", None, error="boom"),
+        Row("c", 2, "z", "stopped", 10.0, {"kid": 0.1, "prd_f8": 0.9}),
+        Row("d", 3, "w", "finished", 20.0, {}),
+    ]
+    ordered = sort_rows(rows, "min")
+    assert [r.trial_id for r in ordered] == ["c", "d", "a", "b"]
+    assert [r.trial_id for r in sort_rows(rows, "max")] == ["a", "d", "c", "b"]
+    md = to_markdown(ordered, "fid")
+    lines = md.strip().splitlines()
+    assert lines[0].startswith("| rank | trial | label | fid | kid | prd_f8 | prd_f1_8")
+    assert lines[2].startswith("| 1 | 002 | z | 10 | 0.1 | 0.9 |") and "error (boom)" in lines[-1]
+    csv_text = to_csv(ordered, "fid")
+    assert csv_text.splitlines()[1].startswith("1,c,2,z,10.0,0.1,0.9")
+
+
+def test_best_point_and_metric_keys():
+    hist = [
+        {"fid": 5.0, "kid": 1},
+        {"fid": float("nan")},
+        {"fid": 3.0, "kid": 2},
+        {"loss": 1},
+        {"fid": 3.0, "kid": 9},
+    ]
+    assert best_point(hist, "fid", "min")["kid"] == 2
+    assert best_point(hist, "fid", "max")["kid"] == 1
+    assert best_point([{"loss": 1.0}], "fid", "min") is None
+    assert metric_variants("kid", "fid_random_inception") == ["kid_random_inception", "kid"]
+    row = normalize_report(
+        {
+            "eval/fid_random_inception": 1.5,
+            "loss/g": 2.0,
+            "step": 8,
+            "eval/kid_random_inception": 0.1,
+        }
+    )
+    assert row == {"step": 8, "fid_random_inception": 1.5, "kid_random_inception": 0.1}
+    assert not math.isnan(row["fid_random_inception"])
