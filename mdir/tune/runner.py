@@ -26,9 +26,6 @@ from mdir.tune.space import TuneSpace, base_dict, expand, validate_trials
 from mdir.tune.trainable import LABEL_TAG, SWEEP_TAG, TRIAL_TAG, completed_trials, trial_fn
 
 STATE_FILE = "mdir_sweep.json"
-# Environment that trial actors and Train workers need (never written into configs:
-# credentials stay in the environment of the Ray job).
-PROPAGATED_ENV_PREFIXES = ("MLFLOW_", "AWS_", "MDIR_", "RAY_DATA_DISABLE_PROGRESS_BARS")
 
 
 @dataclass
@@ -98,19 +95,19 @@ def prepare(space: TuneSpace, space_path: str | Path | None) -> tuple[dict[str, 
     return base, trials
 
 
-def _propagated_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(PROPAGATED_ENV_PREFIXES)}
-
-
 def _ensure_ray() -> None:
+    """Connect to the cluster (RAY_ADDRESS, or the job's) unless already connected; trial
+    actors and Train workers get AWS_* / MLFLOW_* / MDIR_* through the job's runtime_env."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS") or None,
-            runtime_env={"env_vars": _propagated_env()},
-            log_to_driver=True,
-        )
+    if ray.is_initialized():
+        return
+    from mdir.services import forward_env, use_loopback
+
+    addr = os.environ.get("RAY_ADDRESS") or None
+    if addr and addr.split("://")[-1].startswith("127.0.0.1"):
+        use_loopback()  # keep the loopback address the head advertises (DESIGN.md pitfalls)
+    ray.init(address=addr, runtime_env={"env_vars": forward_env()}, log_to_driver=True)
 
 
 def _is_local(path: str) -> bool:
@@ -189,6 +186,7 @@ def run_sweep(
     name: str | None = None,
     storage_path: str | None = None,
     tracking_uri: str | None = None,
+    use_mlflow: bool = True,
     verbose: int = 1,
 ) -> SweepResult:
     """Run (or resume) the sweep and return its leaderboard and champion.
@@ -206,7 +204,7 @@ def run_sweep(
         storage = str(Path(storage.removeprefix("file://")).absolute())
         Path(storage).mkdir(parents=True, exist_ok=True)
     path = f"{storage.rstrip('/')}/{name}"
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    tracking_uri = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")) if use_mlflow else None
 
     state = _read_state(path)
     parent_run_id = (
