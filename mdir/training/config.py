@@ -1,0 +1,209 @@
+"""`TrainJobConfig`: everything one training job needs, as one typed, frozen config.
+
+Sections: ``method`` (a `mdir.methods.config.MethodConfig`, discriminated on ``name``),
+``data`` (`mdir.data.config.DataConfig`), ``train`` (schedule and cadences), ``scaling``
+(Ray workers / GPUs), ``storage`` (checkpoint location, run name, failures), ``mlflow``
+(tracking and registry) and ``eval`` (`mdir.metrics.config.EvalConfig`). Loaded from YAML
+with ``key.sub=value`` overrides by `load_job_config`; an unknown key or a wrong type
+raises `mdir.config.ConfigError` naming the dotted field.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mdir.config import ConfigError, StrictModel, apply_overrides, read_yaml, validate
+from mdir.data.config import DataConfig
+from mdir.methods.config import MethodConfig
+
+try:  # the metrics area owns EvalConfig; keep training importable while it lands
+    from mdir.metrics.config import EvalConfig
+except ModuleNotFoundError:  # pragma: no cover - early development only
+
+    class EvalConfig(StrictModel):  # type: ignore[no-redef]
+        """Placeholder until `mdir.metrics.config.EvalConfig` exists (no metrics run)."""
+
+        enabled: bool = Field(False, description="Run evaluation at eval points.")
+
+
+class TrainSection(StrictModel):
+    """Schedule and cadences of the loop (all counted in optimisation steps)."""
+
+    epochs: int = Field(
+        1, ge=1, description="Passes over the training split (MDUIT: 50; thesis: 200)."
+    )
+    max_steps: int = Field(
+        0,
+        ge=0,
+        description="Stop after this many steps in total (0 = epochs × steps per epoch). For tests and smoke runs.",
+    )
+    batch_size: int = Field(
+        1, ge=1, description="Images per worker per step (MDUIT: 1, thesis: 5)."
+    )
+    seed: int = Field(
+        0, description="Seed of torch / numpy / python RNGs (each rank adds its rank)."
+    )
+    checkpoint_every: int = Field(
+        500, ge=0, description="Checkpoint every N steps (0 = only at the end)."
+    )
+    sample_every: int = Field(
+        500,
+        ge=0,
+        description="Log a sample grid (source | translation | target) every N steps (0 = only at the end).",
+    )
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="Evaluate (FID/KID/IS/PRD on the validation split) every N steps (0 = only at the end).",
+    )
+    log_every: int = Field(10, ge=1, description="Log losses and throughput every N steps.")
+    num_samples: int = Field(
+        4, ge=1, le=64, description="Fixed validation images shown in each sample grid."
+    )
+    amp: Literal["auto", "bf16", "off"] = Field(
+        "auto",
+        description="Mixed precision: auto = bf16 autocast on GPU, off on CPU; bf16 forces it; off disables.",
+    )
+    find_unused_parameters: bool = Field(
+        False,
+        description="DDP find_unused_parameters (only for methods whose step leaves parameters unused).",
+    )
+    evaluate: bool = Field(
+        True,
+        description="Run the evaluation at eval points and at the end (needs the eval section).",
+    )
+    eval_images: int = Field(
+        64, ge=2, description="Validation images translated for the evaluation at each eval point."
+    )
+
+
+class ScalingSection(StrictModel):
+    """How many Ray Train workers and what each one gets."""
+
+    num_workers: int = Field(1, ge=1, description="Training workers (DDP ranks).")
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL); otherwise CPU with gloo.")
+    cpus_per_worker: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs reserved per worker; on 2-core machines use 0.5 so Ray Data still gets CPU.",
+    )
+
+
+class StorageSection(StrictModel):
+    """Where checkpoints go; the same path + name resumes a run (Ray Train V2)."""
+
+    path: str = Field(
+        "./runs",
+        description="Checkpoint root: local path or s3:// URI (AWS_* variables from the environment).",
+    )
+    name: str | None = Field(
+        None,
+        description="Run name under `path`; re-submitting the same name resumes. None = <method>-<dataset>-<timestamp>.",
+    )
+    max_failures: int = Field(
+        1, ge=-1, description="Worker-group restarts from the latest checkpoint (-1 = unlimited)."
+    )
+    num_to_keep: int = Field(2, ge=1, description="Checkpoints kept in storage (oldest deleted).")
+
+
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class MlflowSection(StrictModel):
+    """Tracking and registry on the server given by MLFLOW_TRACKING_URI."""
+
+    enabled: bool = Field(True, description="Log to MLflow (rank 0 only).")
+    tracking_uri: str | None = Field(
+        None, description="Tracking URI; None = MLFLOW_TRACKING_URI from the environment."
+    )
+    experiment: str = Field("mdir", description="Experiment name.")
+    run_name: str | None = Field(None, description="MLflow run name (None = the storage run name).")
+    parent_run_id: str | None = Field(
+        None, description="Nest the run under this parent (Tune sweeps)."
+    )
+    register: bool = Field(True, description="Register the final generator in the Model Registry.")
+    model_name: str | None = Field(
+        None, description="Registered model name (None = mdir-<method>-<dataset>)."
+    )
+    alias: str = Field("candidate", description="Alias set on the new model version.")
+    dataset_name: str | None = Field(
+        None, description="Dataset name used in the model name (None = last part of data.uri)."
+    )
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="HTTP timeout of one tracking call (a slow server never stalls training longer).",
+    )
+    max_retries: int = Field(
+        2, ge=0, description="Retries of one tracking call before it is buffered and retried later."
+    )
+    buffer_size: int = Field(
+        10000, ge=10, description="Tracking calls kept in memory while the server is unreachable."
+    )
+
+
+class TrainJobConfig(StrictModel):
+    """A complete training job (what `jobs/*.py` and `mdir train` load)."""
+
+    method: MethodConfig = Field(
+        description="Method and its hyper-parameters (name: pix2pix | cyclegan | mduit)."
+    )
+    data: DataConfig = Field(description="Training data (shards) and preprocessing.")
+    train: TrainSection = Field(default_factory=TrainSection, description="Schedule and cadences.")
+    scaling: ScalingSection = Field(
+        default_factory=ScalingSection, description="Ray Train workers."
+    )
+    storage: StorageSection = Field(
+        default_factory=StorageSection, description="Checkpoints and resume."
+    )
+    mlflow: MlflowSection = Field(
+        default_factory=MlflowSection, description="MLflow tracking and registry."
+    )
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="Evaluation metrics at eval points."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainJobConfig:
+        if self.storage.name is not None and not re.fullmatch(
+            r"[A-Za-z0-9._-]+", self.storage.name
+        ):
+            raise ValueError("storage.name may only contain letters, digits, '.', '_' and '-'")
+        return self
+
+    def dataset_name(self) -> str:
+        """Dataset name used in run and model names (last path part of data.uri)."""
+        if self.mlflow.dataset_name:
+            return self.mlflow.dataset_name
+        name = self.data.uri.rstrip("/").split("/")[-1] or "data"
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+    def model_name(self) -> str:
+        """Registered model name: mdir-<method>-<dataset> unless set."""
+        return self.mlflow.model_name or f"mdir-{self.method.name}-{self.dataset_name()}"
+
+
+def load_job_config(
+    path: str | Path | None, overrides: list[str] | None = None, method: str | None = None
+) -> TrainJobConfig:
+    """YAML file + ``key.sub=value`` overrides → `TrainJobConfig`.
+
+    `method` (from ``mdir train METHOD`` / the job file) must agree with ``method.name`` in
+    the file; when the file has none, it selects the method config."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    if method is not None:
+        m = data.setdefault("method", {})
+        if not isinstance(m, dict):
+            raise ConfigError("method: must be a mapping")
+        if m.get("name") not in (None, method):
+            raise ConfigError(
+                f"method.name: config says {m.get('name')!r} but the job/command is for {method!r}"
+            )
+        m["name"] = method
+    return validate(TrainJobConfig, data, source=str(path) if path else "config")

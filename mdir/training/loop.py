@@ -1,0 +1,472 @@
+"""The method-agnostic Ray Train loop (`train_loop_per_worker`).
+
+Per worker: seed (seed + rank), build the method on this worker's device, wrap each
+trainable network in its own DDP (``broadcast_buffers=False``: BatchNorm nets run several
+forwards per step, and rank 0's sample/eval forwards must not start a collective),
+optimizers + LR schedulers (`Method.lr_lambda`, stepped per epoch), restore from
+``ray.train.get_checkpoint()`` if any, then for each epoch: `on_epoch_start` (MDUIT
+re-pairs), exactly ``steps_per_epoch`` `train_step` calls (a resumed epoch runs only the
+steps not done before the checkpoint), bf16 autocast on GPU.
+
+Rank 0 additionally: a progress line every ``log_every`` steps (step, epoch, losses,
+images/s), MLflow logging through `Tracker` (never blocking), sample grids every
+``sample_every`` steps, evaluation every ``eval_every`` steps, and at the end the model
+card and the registration of the generator. Every rank calls ``ray.train.report`` at the
+same steps (checkpoint points and the end), as Ray Train requires.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mdir.config import dump_config
+from mdir.methods.base import EpochContext
+from mdir.training import checkpoint as ckpt
+from mdir.training.config import TrainJobConfig
+
+log = logging.getLogger("mdir.training")
+
+MethodFactory = Callable[[Any, torch.device], Any]
+
+
+def _setup_logging() -> None:
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        logging.getLogger("mdir.training.tracking").addHandler(h)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def wrap_networks(
+    method: Any, device: torch.device, world_size: int, find_unused: bool = False
+) -> None:
+    """Move every network to `device` and wrap each trainable one in its own DDP
+    (`method.networks[name]` is replaced, so the method's `train_step` runs through it)."""
+    frozen = set(getattr(method, "frozen", ()) or ())
+    for name, net in list(method.networks.items()):
+        net.to(device)
+        trainable = any(p.requires_grad for p in net.parameters())
+        if world_size > 1 and name not in frozen and trainable:
+            ids = [device.index] if device.type == "cuda" else None
+            with (
+                warnings.catch_warnings()
+            ):  # torch ≥2.14 deprecates the name, not the behaviour we need
+                warnings.simplefilter("ignore", FutureWarning)
+                method.networks[name] = nn.parallel.DistributedDataParallel(
+                    net, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused
+                )
+
+
+def unwrapped_networks(method: Any) -> dict[str, nn.Module]:
+    return {k: ckpt.unwrap(v) for k, v in method.networks.items()}
+
+
+def _amp_context(cfg: TrainJobConfig, device: torch.device):
+    use = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use else nullcontext()
+
+
+def _all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Entry point run by every Ray Train worker (see the module docstring).
+
+    ``loop_config``: ``config`` (TrainJobConfig as a dict), ``plan`` (a `DataPlan`),
+    ``steps_per_epoch`` (computed on the driver), optional ``method_factory``."""
+    import ray.train
+    import ray.train.torch
+
+    _setup_logging()
+    cfg = TrainJobConfig.model_validate(loop_config["config"])
+    plan = loop_config["plan"]
+    spe: int = int(loop_config["steps_per_epoch"])
+    factory: MethodFactory | None = loop_config.get("method_factory")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    seed_everything(cfg.train.seed + rank)
+    torch.set_num_threads(
+        max(1, int(os.environ.get("MDIR_TORCH_THREADS", "0")) or torch.get_num_threads())
+    )
+
+    if factory is None:
+        from mdir.methods import get_method_factory
+
+        factory = get_method_factory(cfg.method.name)
+    method = factory(cfg.method, device)
+    wrap_networks(method, device, world, cfg.train.find_unused_parameters)
+    optimizers = method.configure_optimizers()
+    epochs = cfg.train.epochs
+    schedulers = {
+        k: torch.optim.lr_scheduler.LambdaLR(
+            o, lr_lambda=lambda e, _n=epochs: method.lr_lambda(e, _n)
+        )
+        for k, o in optimizers.items()
+    }
+    total_steps = epochs * spe
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    step, start_epoch, step_in_epoch = 0, 0, 0
+    run_id: str | None = None
+    resumed_from = -1
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            state = ckpt.load_training_state(
+                d,
+                networks=unwrapped_networks(method),
+                optimizers=optimizers,
+                schedulers=schedulers,
+                rank=rank,
+            )
+        method.load_state_dict(state["method"])
+        step, start_epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        if step_in_epoch >= spe:  # checkpoint taken at the end of an epoch
+            start_epoch, step_in_epoch = start_epoch + 1, 0
+        run_id = state["extra"].get("mlflow_run_id") or None
+        resumed_from = step
+        if rank == 0:
+            log.info(
+                "resumed from checkpoint at step %d (epoch %d, step %d of it)",
+                step,
+                start_epoch,
+                step_in_epoch,
+            )
+
+    tracker = _make_tracker(cfg, run_id) if rank == 0 else None
+    if tracker is not None and restored is None:
+        _log_start(tracker, cfg, spe, world)
+    fixed = _fixed_samples(plan, cfg) if rank == 0 else None
+    amp = _amp_context(cfg, device)
+    images_per_step = cfg.train.batch_size * world
+    last_losses: dict[str, float] = {}
+    last_metrics: dict[str, float] = {}
+    last_ckpt_step = step if restored is not None else -1
+    t_window, n_window = time.perf_counter(), 0
+    t_start = time.perf_counter()
+    steps_run = 0
+
+    def report(final: bool) -> None:
+        nonlocal last_ckpt_step
+        extra = {"mlflow_run_id": tracker.run_id if tracker is not None else None}
+        metrics: dict[str, Any] = {
+            "step": step,
+            "epoch": epoch,
+            "resumed_from_step": resumed_from,
+            "steps_this_attempt": steps_run,
+            **{f"loss/{k}": v for k, v in last_losses.items()},
+            **last_metrics,
+        }
+        with tempfile.TemporaryDirectory(prefix="mdir-ckpt-") as d:
+            if rank == 0:
+                ckpt.save_training_state(
+                    d,
+                    networks=unwrapped_networks(method),
+                    generator=ckpt.unwrap(method.generator()),
+                    optimizers=optimizers,
+                    schedulers=schedulers,
+                    method_state=method.state_dict(),
+                    step=step,
+                    epoch=epoch,
+                    step_in_epoch=step_in_epoch,
+                    extra=extra,
+                    config_yaml=dump_config(cfg),
+                )
+            ckpt.save_rng(d, rank)
+            if final and rank == 0:
+                metrics.update(_finish(tracker, cfg, method, d, last_metrics, fixed, plan))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        last_ckpt_step = step
+
+    epoch = start_epoch
+    for epoch in range(start_epoch, epochs):
+        if step >= total_steps:
+            break
+        method.on_epoch_start(
+            epoch,
+            EpochContext(
+                epoch=epoch,
+                num_epochs=epochs,
+                device=device,
+                rank=rank,
+                world_size=world,
+                store=plan.store(),
+                all_reduce_mean=_all_reduce_mean,
+                extra={"resumed_mid_epoch": step_in_epoch > 0},
+            ),
+        )
+        todo = min(spe - step_in_epoch, total_steps - step)
+        for batch in plan.batches(todo, device):
+            with amp:
+                losses = method.train_step(batch)
+            step += 1
+            step_in_epoch += 1
+            steps_run += 1
+            n_window += 1
+            last_losses = {k: float(v) for k, v in losses.items()}
+            if rank == 0 and (step % cfg.train.log_every == 0 or step == total_steps):
+                dt = time.perf_counter() - t_window
+                ips = n_window * images_per_step / max(dt, 1e-9)
+                loss_txt = " ".join(f"{k}={v:.4f}" for k, v in sorted(last_losses.items()))
+                log.info(
+                    "step %d/%d epoch %d/%d %s | %.1f images/s",
+                    step,
+                    total_steps,
+                    epoch + 1,
+                    epochs,
+                    loss_txt,
+                    ips,
+                )
+                if tracker is not None:
+                    tracker.log_metrics(
+                        {
+                            **{f"loss/{k}": v for k, v in last_losses.items()},
+                            "throughput/images_per_s": ips,
+                            "throughput/steps_per_s": n_window / max(dt, 1e-9),
+                            "epoch": epoch,
+                        },
+                        step,
+                    )
+                t_window, n_window = time.perf_counter(), 0
+            if (
+                rank == 0
+                and cfg.train.sample_every
+                and step % cfg.train.sample_every == 0
+                and step < total_steps
+            ):
+                _log_samples(tracker, method, fixed, step)
+            if (
+                rank == 0
+                and cfg.train.eval_every
+                and step % cfg.train.eval_every == 0
+                and step < total_steps
+            ):
+                last_metrics = _evaluate(tracker, cfg, method, plan, step)
+            if (
+                cfg.train.checkpoint_every
+                and step % cfg.train.checkpoint_every == 0
+                and step < total_steps
+            ):
+                report(final=False)
+            if step >= total_steps:
+                break
+        if step_in_epoch >= spe:
+            for s in schedulers.values():
+                s.step()
+            step_in_epoch = 0
+        if step >= total_steps:
+            break
+    if rank == 0:
+        elapsed = time.perf_counter() - t_start
+        log.info(
+            "training done: %d steps in %.1f s (%.2f steps/s this attempt)",
+            steps_run,
+            elapsed,
+            steps_run / max(elapsed, 1e-9),
+        )
+    report(final=True)
+
+
+# ---------------------------------------------------------------------------- rank-0 helpers
+
+
+def _make_tracker(cfg: TrainJobConfig, run_id: str | None):
+    from mdir.training.tracking import Tracker
+
+    m = cfg.mlflow
+    return Tracker(
+        tracking_uri=m.tracking_uri,
+        experiment=m.experiment,
+        run_name=m.run_name or cfg.storage.name,
+        run_id=run_id,
+        parent_run_id=m.parent_run_id,
+        tags={
+            "mdir.method": cfg.method.name,
+            "mdir.dataset": cfg.dataset_name(),
+            "mdir.storage_name": str(cfg.storage.name),
+        },
+        timeout_s=m.timeout_s,
+        max_retries=m.max_retries,
+        buffer_size=m.buffer_size,
+        enabled=m.enabled,
+    )
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _log_start(tracker: Any, cfg: TrainJobConfig, spe: int, world: int) -> None:
+    tracker.log_params(
+        {
+            **flatten(cfg.model_dump(mode="json")),
+            "derived.steps_per_epoch": spe,
+            "derived.world_size": world,
+        }
+    )
+    tracker.log_text(dump_config(cfg), "config/resolved_config.yaml")
+
+
+def _fixed_samples(
+    plan: Any, cfg: TrainJobConfig
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    try:
+        return plan.samples(cfg.train.num_samples)
+    except Exception as e:  # a missing val split must not kill training
+        log.warning("no sample images (%s); sample grids disabled", e)
+        return None
+
+
+def _translate(method: Any, src: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+    dev = next(ckpt.unwrap(method.generator()).parameters()).device
+    out = method.translate(src.to(dev), None if ref is None else ref.to(dev))
+    return out.float().cpu()
+
+
+def save_grid(
+    path: str | Path, src: torch.Tensor, out: torch.Tensor, tgt: torch.Tensor | None
+) -> str:
+    """PNG with one row per sample: source | translation | target ([-1, 1] → uint8)."""
+    from PIL import Image
+
+    cols = [src, out] + ([tgt] if tgt is not None else [])
+    rows = [torch.cat([c[i] for c in cols], dim=2) for i in range(src.shape[0])]
+    grid = torch.cat(rows, dim=1)
+    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+def _log_samples(
+    tracker: Any, method: Any, fixed: Any, step: int, out_dir: str | None = None
+) -> str | None:
+    if fixed is None:
+        return None
+    try:
+        src, tgt = fixed
+        out = _translate(method, src, tgt)
+        d = out_dir or tempfile.mkdtemp(prefix="mdir-samples-")
+        path = save_grid(os.path.join(d, f"samples_step{step:07d}.png"), src, out, tgt)
+        if tracker is not None:
+            tracker.log_artifact(path, "samples")
+        return path
+    except Exception as e:
+        log.warning("sample grid at step %d failed: %s", step, e)
+        return None
+
+
+def _evaluate(
+    tracker: Any, cfg: TrainJobConfig, method: Any, plan: Any, step: int
+) -> dict[str, float]:
+    """GAN metrics on the validation split via `mdir.metrics.gan.evaluate_translation`."""
+    if not cfg.train.evaluate:
+        return {}
+    try:
+        from mdir.metrics.gan import evaluate_translation
+    except ModuleNotFoundError:
+        return {}
+    try:
+        src, tgt = plan.eval_images(cfg.train.eval_images)
+        ref = tgt if cfg.method.name == "mduit" else None
+
+        def translate(x: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+            return _translate(method, x, reference)
+
+        t0 = time.perf_counter()
+        metrics = evaluate_translation(translate, src, tgt, cfg.eval, reference_images=ref)
+        metrics = {f"eval/{k}": float(v) for k, v in metrics.items()}
+        log.info("eval at step %d (%.1f s): %s", step, time.perf_counter() - t0, metrics)
+        if tracker is not None:
+            tracker.log_metrics(metrics, step)
+        return metrics
+    except Exception as e:  # metrics must not kill a long training job
+        log.warning("evaluation at step %d failed: %s", step, e)
+        return {}
+
+
+def _finish(
+    tracker: Any,
+    cfg: TrainJobConfig,
+    method: Any,
+    ckpt_dir: str,
+    metrics: dict[str, float],
+    fixed: Any,
+    plan: Any,
+) -> dict[str, Any]:
+    """Rank 0 at the end: final samples, evaluation, checkpoint artifact, model card,
+    registration. Returns what goes into the final report (run id, model URI, grid path)."""
+    from mdir.training import registry
+
+    meta = ckpt.read_meta(ckpt_dir)
+    step = int(meta.get("step", 0))
+    out: dict[str, Any] = {}
+    grid_dir = os.path.join(tempfile.gettempdir(), "mdir-samples", cfg.storage.name or "run")
+    os.makedirs(grid_dir, exist_ok=True)
+    grid = _log_samples(tracker, method, fixed, step, out_dir=grid_dir)
+    if grid:
+        out["sample_grid"] = grid
+    final_metrics = dict(metrics)
+    if cfg.train.evaluate:
+        final_metrics.update(_evaluate(tracker, cfg, method, plan, step))
+    out.update(final_metrics)
+    if tracker is None or not tracker.enabled:
+        return out
+    for f in (ckpt.GENERATOR_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE, ckpt.META_FILE):
+        p = os.path.join(ckpt_dir, f)
+        if os.path.exists(p):
+            tracker.log_artifact(p, "checkpoint")
+    if os.path.exists(os.path.join(ckpt_dir, ckpt.NETWORKS_FILE)):
+        tracker.log_artifact(os.path.join(ckpt_dir, ckpt.NETWORKS_FILE), "checkpoint")
+    tracker.log_text(registry.model_card(cfg, final_metrics, step), "model_card.md")
+    model_uri = None
+    if cfg.mlflow.register:
+        gen_path = os.path.join(ckpt_dir, ckpt.GENERATOR_FILE)
+        model_uri = tracker.call_now(
+            lambda c, rid: registry.register_generator(
+                cfg, gen_path, run_id=rid, metrics=final_metrics, client=c
+            ),
+            timeout=max(60.0, 6 * cfg.mlflow.timeout_s),
+        )
+    tracker.close(flush_timeout=max(30.0, 3 * cfg.mlflow.timeout_s))
+    out["mlflow_run_id"] = tracker.run_id
+    if model_uri:
+        out["model_uri"] = model_uri
+    return out

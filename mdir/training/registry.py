@@ -1,0 +1,220 @@
+"""Register trained generators in MLflow and load them back, without pickle.
+
+`register_generator` logs a models-from-code pyfunc (`mdir/training/pyfunc_model.py`)
+with the generator weights (safetensors) and the method config (JSON) as artifacts, an
+explicit `TensorSpec` signature (-1 for batch, H and W), explicit pip requirements, and
+registers it as ``mdir-<method>-<dataset>`` with an alias (``candidate`` after training;
+Tune moves ``champion``). `load_translator` gives other code (``mdir eval gan --model``,
+retrieval augmentation, Tune) a `Translator` built from the same two artifacts, loaded
+with safetensors and pydantic only — ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+PYFUNC_FILE = str(Path(__file__).with_name("pyfunc_model.py"))
+MODEL_NAME_IN_RUN = "generator"
+PIP_REQUIREMENTS = [
+    "mdir",
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "safetensors",
+    "numpy",
+    "pydantic>=2.9",
+    "mlflow>=3.17,<4",
+]
+
+os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+
+
+def signature_for(method: str):
+    """TensorSpec signature with -1 for batch / H / W (MDUIT: named images + reference)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    spec = lambda name=None: TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), name)  # noqa: E731
+    inputs = Schema([spec("images"), spec("reference")]) if method == "mduit" else Schema([spec()])
+    return ModelSignature(inputs=inputs, outputs=Schema([spec()]))
+
+
+def model_card(cfg: Any, metrics: dict[str, float], step: int) -> str:
+    """Markdown model card: method, dataset, config, pretrained weights used, metrics."""
+    from mdir.config import dump_config
+
+    m = cfg.method
+    weights = getattr(m, "vgg_weights", None)
+    vgg = (
+        "n/a"
+        if m.name != "mduit"
+        else (
+            weights
+            or (
+                "torch hub cache"
+                if not m.allow_random_vgg
+                else "hub cache, else RANDOM init (allow_random_vgg)"
+            )
+        )
+    )
+    lines = [
+        f"# {cfg.model_name()}",
+        "",
+        f"- method: **{m.name}**",
+        f"- dataset: `{cfg.data.uri}` ({cfg.data.mode}; A={cfg.data.domain_a}, B={cfg.data.domain_b}; {cfg.data.image_size}px)",
+        f"- trained steps: {step} (epochs {cfg.train.epochs}, batch {cfg.train.batch_size} × {cfg.scaling.num_workers} workers)",
+        f"- pretrained weights: VGG-16 for E_a: {vgg}",
+        f"- feature extractor for metrics: {getattr(cfg.eval, 'inception_weights', None) or 'see metric names (suffix _random_inception = random features)'}",
+        "",
+        "## Metrics (validation split)",
+        "",
+    ]
+    lines += [f"- {k}: {v:.4f}" for k, v in sorted(metrics.items())] or ["- (none computed)"]
+    lines += ["", "## Resolved config", "", "```yaml", dump_config(cfg).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def register_generator(
+    cfg: Any,
+    weights_path: str,
+    *,
+    run_id: str,
+    metrics: dict[str, float] | None = None,
+    alias: str | None = None,
+    model_name: str | None = None,
+    client: Any = None,
+) -> str:
+    """Log the generator as a pyfunc in run `run_id`, register it and set the alias.
+    Returns ``models:/<name>@<alias>``."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = client or MlflowClient()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    name = model_name or cfg.model_name()
+    alias = alias or cfg.mlflow.alias
+    with tempfile.TemporaryDirectory(prefix="mdir-model-") as d:
+        cfg_path = os.path.join(d, "method_config.json")
+        Path(cfg_path).write_text(json.dumps(cfg.method.model_dump(mode="json"), indent=2))
+        w_path = os.path.join(d, "generator.safetensors")
+        Path(w_path).write_bytes(Path(weights_path).read_bytes())
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME_IN_RUN,
+                python_model=PYFUNC_FILE,
+                artifacts={"weights": w_path, "config": cfg_path},
+                signature=signature_for(cfg.method.name),
+                pip_requirements=PIP_REQUIREMENTS,
+                registered_model_name=name,
+                metadata={"mdir_method": cfg.method.name, "mdir_dataset": cfg.dataset_name()},
+            )
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(name, alias, version)
+    for k, v in (metrics or {}).items():
+        client.set_model_version_tag(name, version, f"metric.{k}", f"{v:.6g}")
+    client.set_model_version_tag(name, version, "mdir.method", cfg.method.name)
+    client.set_model_version_tag(name, version, "mdir.run_id", run_id)
+    return f"models:/{name}@{alias}"
+
+
+@dataclass
+class Translator:
+    """A registered generator ready to translate ([-1, 1] float NCHW in and out)."""
+
+    generator: nn.Module
+    method_config: Any
+    model_uri: str
+    version: str | None
+    run_id: str | None
+
+    @property
+    def method(self) -> str:
+        return self.method_config.name
+
+    def to(self, device: torch.device | str) -> Translator:
+        self.generator.to(device)
+        return self
+
+    @torch.no_grad()
+    def translate(self, images: Tensor, reference: Tensor | None = None) -> Tensor:
+        from mdir.methods import translate_with
+
+        return translate_with(self.generator, self.method_config, images, reference)
+
+    __call__ = translate
+
+
+def resolve_version(model_uri: str, client: Any = None) -> tuple[str | None, str | None]:
+    """(version, run_id) of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI."""
+    from mlflow.tracking import MlflowClient
+
+    if not model_uri.startswith("models:/"):
+        return None, None
+    client = client or MlflowClient()
+    body = model_uri[len("models:/") :]
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, version = body.rsplit("/", 1)
+        mv = client.get_model_version(name, version)
+    return str(mv.version), mv.run_id
+
+
+def load_translator(model_uri: str, device: torch.device | str = "cpu") -> Translator:
+    """Download the weights + config of a registered generator and rebuild it (no pickle)."""
+    import mlflow
+    from safetensors.torch import load_file
+
+    from mdir.methods import build_generator
+    from mdir.methods.config import parse_method_config
+
+    version, run_id = resolve_version(model_uri)
+    with tempfile.TemporaryDirectory(prefix="mdir-load-") as d:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=d)
+        files = {p.name: p for p in Path(local).rglob("*") if p.is_file()}
+        if "method_config.json" not in files or "generator.safetensors" not in files:
+            raise ValueError(
+                f"{model_uri} is not an mdir generator (no method_config.json / generator.safetensors)"
+            )
+        cfg = parse_method_config(json.loads(files["method_config.json"].read_text()))
+        gen = build_generator(cfg)
+        gen.load_state_dict(load_file(str(files["generator.safetensors"])))
+    gen.eval().to(device)
+    return Translator(
+        generator=gen, method_config=cfg, model_uri=model_uri, version=version, run_id=run_id
+    )
+
+
+def list_models(client: Any = None, prefix: str = "mdir-") -> list[dict[str, Any]]:
+    """Registered models named `prefix`*: name, version, aliases, run, metric tags."""
+    from mlflow.tracking import MlflowClient
+
+    client = client or MlflowClient()
+    rows: list[dict[str, Any]] = []
+    for rm in client.search_registered_models(filter_string=f"name LIKE '{prefix}%'"):
+        for mv in client.search_model_versions(f"name = '{rm.name}'"):
+            rows.append(
+                {
+                    "name": rm.name,
+                    "version": str(mv.version),
+                    "aliases": list(getattr(mv, "aliases", []) or []),
+                    "run_id": mv.run_id,
+                    "metrics": {
+                        k[len("metric.") :]: v
+                        for k, v in (mv.tags or {}).items()
+                        if k.startswith("metric.")
+                    },
+                    "created": mv.creation_timestamp,
+                }
+            )
+    rows.sort(key=lambda r: (r["name"], -int(r["version"])))
+    return rows
