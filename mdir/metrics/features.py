@@ -90,6 +90,19 @@ class FIDInceptionE(tvi.InceptionE):
         return [b1, b3, bd, self.branch_pool(p)]
 
 
+def _fid_inception_e(in_channels: int, conv_block=None) -> FIDInceptionE:
+    """Mixed_7b (1280 in) averages, Mixed_7c (2048 in) max-pools, as in the TF graph."""
+    return FIDInceptionE(in_channels, pool="max" if in_channels == 2048 else "avg")
+
+
+_LAYERS = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
+    "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+)  # fmt: skip
+"""Forward order of the torchvision Inception3 layers up to the last block."""
+
+
 class FIDInception(nn.Module):
     """Inception-v3 of the FID literature. forward(x in [-1, 1], [N,3,299,299]) →
     (pool [N, 2048], logits [N, 1008]). Parameter names match torchvision's Inception3
@@ -97,28 +110,23 @@ class FIDInception(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        base = tvi.Inception3(num_classes=NUM_LOGITS, aux_logits=False, init_weights=False)
-        for name in (
-            "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
-            "Conv2d_4a_3x3", "maxpool2", "Mixed_6a", "Mixed_7a", "fc",
-        ):  # fmt: skip
+        blocks = [
+            tvi.BasicConv2d,
+            FIDInceptionA,
+            tvi.InceptionB,
+            FIDInceptionC,
+            tvi.InceptionD,
+            _fid_inception_e,
+            tvi.InceptionAux,  # unused: aux_logits=False
+        ]
+        base = tvi.Inception3(
+            num_classes=NUM_LOGITS, aux_logits=False, init_weights=False, inception_blocks=blocks
+        )
+        for name in _LAYERS + ("fc",):
             setattr(self, name, getattr(base, name))
-        self.Mixed_5b = FIDInceptionA(192, pool_features=32)
-        self.Mixed_5c = FIDInceptionA(256, pool_features=64)
-        self.Mixed_5d = FIDInceptionA(288, pool_features=64)
-        self.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
-        self.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
-        self.Mixed_7b = FIDInceptionE(1280, pool="avg")
-        self.Mixed_7c = FIDInceptionE(2048, pool="max")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        for name in (
-            "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
-            "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
-            "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
-        ):  # fmt: skip
+        for name in _LAYERS:
             x = getattr(self, name)(x)
         pool = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return pool, self.fc(pool)

@@ -67,6 +67,8 @@ def get_extractor(cfg: EvalConfig) -> FeatureExtractor:
 
 def to_uint8_nhwc(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """uint8 [N, H, W, 3] from a uint8 array/tensor in NHWC or NCHW layout."""
+    if isinstance(images, list | tuple):
+        images = np.stack([np.asarray(i) for i in images])
     a = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if a.dtype != np.uint8:
         raise ValueError(f"expected uint8 images, got {a.dtype}")
@@ -167,16 +169,28 @@ def extract(
     return ext.extract(images), ext.label, ext.source
 
 
+def as_image_batch(images) -> np.ndarray | list[np.ndarray]:
+    """uint8 [N, H, W, 3] array, or a list of uint8 HWC images when their sizes differ
+    (feature metrics resize each image on its own; SSIM then cannot be computed)."""
+    if isinstance(images, list | tuple) and len({np.asarray(i).shape for i in images}) > 1:
+        out = [np.asarray(i) for i in images]
+        for i in out:
+            if i.dtype != np.uint8 or i.ndim != 3 or i.shape[2] != 3:
+                raise ValueError(f"expected uint8 HWC RGB images, got {i.dtype} {i.shape}")
+        return out
+    return to_uint8_nhwc(images)
+
+
 def compute_image_metrics(
-    real: np.ndarray,
-    fake: np.ndarray,
+    real: np.ndarray | list[np.ndarray],
+    fake: np.ndarray | list[np.ndarray],
     cfg: EvalConfig,
     extractor: FeatureExtractor | None = None,
     real_features: Features | None = None,
 ) -> GanEvalResult:
     """All requested metrics between uint8 real and fake images [N, H, W, 3]."""
-    real = to_uint8_nhwc(real)
-    fake = to_uint8_nhwc(fake)
+    real = as_image_batch(real)
+    fake = as_image_batch(fake)
     if cfg.num_images is not None:
         real, fake = real[: cfg.num_images], fake[: cfg.num_images]
     res = GanEvalResult(metrics={}, num_real=len(real), num_fake=len(fake))
@@ -199,14 +213,14 @@ def compute_image_metrics(
         res.extractor_label, res.extractor_source = label, source
         vals, res.prd = feature_metrics(rf, ff, cfg, label)
         res.metrics.update(vals)
-    paired = real.shape == fake.shape
+    paired = (
+        isinstance(real, np.ndarray) and isinstance(fake, np.ndarray) and real.shape == fake.shape
+    )
     for name in ("ssim", "ms_ssim"):
         if name not in cfg.metrics:
             continue
         if not paired:
-            res.warnings.append(
-                f"{name} skipped: needs paired sets of equal shape, got {real.shape} vs {fake.shape}"
-            )
+            res.warnings.append(f"{name} skipped: needs paired sets of equal count and image size")
             continue
         from mdir.metrics.ssim import ms_ssim, ssim
 

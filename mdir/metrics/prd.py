@@ -63,6 +63,7 @@ def compute_prd(
 ) -> PRDCurve:
     """PRD of fake features [N, d] w.r.t. real features [M, d], averaged over k-means runs."""
     from sklearn.cluster import MiniBatchKMeans
+    from threadpoolctl import threadpool_limits
 
     ref = np.asarray(real, dtype=np.float64)
     ev = np.asarray(fake, dtype=np.float64)
@@ -71,9 +72,12 @@ def compute_prd(
     data = np.vstack([ev, ref])
     k = min(num_clusters, data.shape[0])
     precisions, recalls = [], []
+    # small problems: thread start-up (and oversubscribed busy-waiting) costs more than it saves
+    threads = 1 if data.size < 2_000_000 else None
     for run in range(num_runs):
         km = MiniBatchKMeans(n_clusters=k, n_init=10, random_state=seed + run)
-        labels = km.fit(data).labels_
+        with threadpool_limits(threads):
+            labels = km.fit(data).labels_
         ev_hist = np.bincount(labels[: ev.shape[0]], minlength=k) / ev.shape[0]
         ref_hist = np.bincount(labels[ev.shape[0] :], minlength=k) / ref.shape[0]
         p, r = prd_from_histograms(ev_hist, ref_hist, num_angles)
