@@ -15,14 +15,21 @@ def test_to_model_range_endpoints():
     assert torch.allclose(y, torch.tensor([-1.0, 1.0, 128 / 127.5 - 1]), atol=1e-6)
 
 
-def test_crop_resize_full_box_identity_and_half_box():
+def test_crop_resize_matches_reference_resizes():
     img = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    boxes = np.array([[0, 0, 8, 8]] * 2, np.float32)
-    assert torch.equal(crop_resize(img, boxes, 8), img)  # same size: exact copy
-    # top-left 4x4 quadrant upsampled ×2 then downsampled back ≈ the quadrant
-    up = crop_resize(img, np.array([[0, 0, 4, 4]] * 2, np.float32), 8)
-    down = F.avg_pool2d(up.float(), 2)
-    assert (down - img[:, :, :4, :4].float()).abs().mean() < 25
+    full = np.array([[0, 0, 8, 8]] * 2, np.float32)
+    assert torch.equal(crop_resize(img, full, 8), img)  # same size: exact copy
+    # shrinking by 2 averages 2x2 samples at pixel centres = average pooling
+    down = crop_resize(img, full, 4).float()
+    assert (down - F.avg_pool2d(img.float(), 2)).abs().max() <= 0.5
+    # enlarging = bilinear interpolation (align_corners=False)
+    small = img[:, :, :4, :4].contiguous()
+    up = crop_resize(small, np.array([[0, 0, 4, 4]] * 2, np.float32), 8).float()
+    ref = F.interpolate(small.float(), size=(8, 8), mode="bilinear", align_corners=False)
+    assert (up - ref).abs().max() <= 0.5
+    # a crop: the top-left quadrant of a 8x8 image at its own size is the quadrant
+    q = crop_resize(img, np.array([[0, 0, 4, 4]] * 2, np.float32), 4)
+    assert torch.equal(q, img[:, :, :4, :4])
 
 
 def test_random_boxes_within_image_and_scale():
