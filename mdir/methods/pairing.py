@@ -61,16 +61,18 @@ def _random_pick(
     rng: np.random.Generator, mask: np.ndarray, k: int, fallback: np.ndarray
 ) -> np.ndarray:
     """k random column indices per row among True entries of `mask` (with replacement when
-    fewer than k); rows without any True entry pick from `fallback` mask instead."""
+    fewer than k); rows without any True entry pick from the `fallback` mask instead."""
     m = np.where(mask.any(1, keepdims=True), mask, fallback)
     scores = rng.random(m.shape)
     scores[~m] = -1.0
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    order = np.zeros((m.shape[0], k), dtype=np.int64)
+    order[:, : top.shape[1]] = top
     counts = m.sum(1)
     for i in np.nonzero(counts < k)[0]:
         valid = np.nonzero(m[i])[0]
-        if len(valid) == 0:  # a one-image store: only itself
-            valid = np.array([i])
+        if len(valid) == 0:  # nothing valid at all (a one-image store): column 0
+            valid = np.zeros(1, dtype=np.int64)
         order[i] = rng.choice(valid, size=k, replace=True)
     return order
 
