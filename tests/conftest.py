@@ -1,0 +1,118 @@
+"""Session fixtures: real local services on 127.0.0.1 (moto S3, Ray head with token auth, MLflow).
+
+Each is started once per test session (only when a test asks for it) by
+:mod:`mdir.services` and stopped by pid / process group at the end — never ``ray stop``.
+
+- ``s3_server`` (:class:`mdir.services.S3Server`): sets ``AWS_ENDPOINT_URL``,
+  ``AWS_ACCESS_KEY_ID=testing``, ``AWS_SECRET_ACCESS_KEY=testing``,
+  ``AWS_DEFAULT_REGION=us-east-1``; ``s3_server.bucket("name") -> "s3://name"``.
+  s3fs, boto3 and pyarrow's ``s3://`` filesystem all pick up ``AWS_ENDPOINT_URL``.
+- ``ray_cluster`` (:class:`mdir.services.RayHead`): 4 *logical* CPUs on this 2-core
+  machine so 2 Train workers + Ray Data tasks fit at once; sets ``RAY_ADDRESS``,
+  ``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH``; ``.address`` (GCS),
+  ``.dashboard_url`` (``ray job submit --address``), ``.temp_dir``, ``.env`` (client vars),
+  ``.init()`` (``ray.init`` with auth + forwarded env), ``.runtime_env()``.
+  **Env for workers**: the head was started before/independently of the other services, so
+  pass AWS_* / MLFLOW_* to workers with ``runtime_env={"env_vars": ...}`` —
+  ``ray_cluster.init()`` does it for you (it forwards AWS_*, MLFLOW_*, MDIR_* and
+  RAY_DATA_DISABLE_PROGRESS_BARS from ``os.environ`` at call time), or
+  ``ray.init(address=ray_cluster.address, runtime_env=ray_cluster.runtime_env())``, or
+  ``ray job submit --runtime-env-json`` with the same dict.
+- ``mlflow_server`` (:class:`mdir.services.MLflowServer`): SQLite + proxied local
+  artifacts, ``--workers 1``; sets ``MLFLOW_TRACKING_URI`` and bounded client retries
+  (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``, backoff 1 s, ``MLFLOW_HTTP_REQUEST_TIMEOUT=10``:
+  a down server costs ~4 s per call instead of minutes) and
+  ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``; ``mlflow_server.uri``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from mdir import services
+
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# Must be set before any test module imports ray: keeps Ray clients on 127.0.0.1.
+os.environ[services.LOOPBACK_ENV] = "0"
+# A stray ~/.ray/auth_token must not decide auth for clients; the fixtures set it explicitly.
+os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+def _short_tmp(prefix: str) -> Path:
+    # short on purpose: Ray's Unix socket paths live under it (~107-byte limit)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@pytest.fixture(scope="session")
+def services_dir() -> Iterator[Path]:
+    """Short temp dir holding the session services' state files, logs and data."""
+    d = _short_tmp("mdt")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class _EnvPatch:
+    """Set variables in os.environ for the session and restore them afterwards."""
+
+    def __init__(self, values: Mapping[str, str]):
+        self.old = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
+
+    def undo(self) -> None:
+        for k, v in self.old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _started(svc: services._Service) -> None:
+    # belt and braces: also stop on interpreter exit (Ctrl-C, crash in teardown)
+    atexit.register(svc.stop)
+
+
+@pytest.fixture(scope="session")
+def s3_server(services_dir: Path) -> Iterator[services.S3Server]:
+    """A real moto S3 server on 127.0.0.1; AWS_* variables point at it."""
+    srv = services.start_s3(services_dir / "s3")
+    _started(srv)
+    patch = _EnvPatch(srv.env)
+    yield srv
+    patch.undo()
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(services_dir: Path) -> Iterator[services.MLflowServer]:
+    """A real MLflow server (SQLite, --workers 1) on 127.0.0.1; MLFLOW_* variables set."""
+    srv = services.start_mlflow(services_dir / "mlflow", reuse_foreign=False)
+    _started(srv)
+    patch = _EnvPatch(srv.env)
+    yield srv
+    patch.undo()
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(services_dir: Path) -> Iterator[services.RayHead]:
+    """A real local Ray head (token auth, 127.0.0.1, 4 logical CPUs); RAY_* variables set."""
+    head = services.start_ray_head(services_dir / "ray", num_cpus=4)
+    _started(head)
+    patch = _EnvPatch(head.env)
+    services.use_loopback()
+    yield head
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    patch.undo()
+    head.stop()

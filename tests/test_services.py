@@ -1,0 +1,177 @@
+"""The local services behind the fixtures and the demo: real servers, honest round trips."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mdir import services
+
+# ---------------------------------------------------------------- S3
+
+
+def test_s3_round_trip_s3fs_boto3_pyarrow(s3_server):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs
+
+    assert os.environ["AWS_ENDPOINT_URL"] == s3_server.endpoint
+    uri = s3_server.bucket("svc-roundtrip")
+    assert uri == "s3://svc-roundtrip"
+    payload = os.urandom(4096)
+    fs = s3fs.S3FileSystem()  # endpoint + credentials from the environment only
+    with fs.open("svc-roundtrip/blob.bin", "wb") as fh:
+        fh.write(payload)
+    assert fs.cat("svc-roundtrip/blob.bin") == payload
+    # the bytes really are on the moto server (read back with boto3, not s3fs)
+    body = s3_server.client().get_object(Bucket="svc-roundtrip", Key="blob.bin")["Body"].read()
+    assert body == payload
+    # pyarrow's own S3 filesystem reaches the same server through AWS_ENDPOINT_URL
+    table = pa.table({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+    pq.write_table(table, f"{uri}/t.parquet")
+    assert pq.read_table(f"{uri}/t.parquet").equals(table)
+    assert "svc-roundtrip/t.parquet" in fs.ls("svc-roundtrip", refresh=True)
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def test_ray_task_runs_with_token_auth_and_forwarded_env(ray_cluster, monkeypatch):
+    import ray
+
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    assert os.environ["RAY_ADDRESS"] == ray_cluster.address
+    token = Path(ray_cluster.token_path)
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert len(str(ray_cluster.temp_dir)) <= 40
+    monkeypatch.setenv("MDIR_SVC_MARK", "forwarded-42")
+    ray_cluster.init()
+    try:
+
+        @ray.remote
+        def probe() -> tuple[str | None, str]:
+            return os.environ.get("MDIR_SVC_MARK"), ray.util.get_node_ip_address()
+
+        mark, ip = ray.get(probe.remote(), timeout=120)
+        assert mark == "forwarded-42"  # runtime_env env_vars reached the worker
+        assert ip == "127.0.0.1"  # loopback only
+        assert ray.cluster_resources()["CPU"] == 4
+    finally:
+        ray.shutdown()
+
+
+def test_unauthenticated_clients_are_refused(ray_cluster):
+    url = f"{ray_cluster.dashboard_url}/api/jobs/"
+    assert services.http_status(url) == 401  # no token
+    wrong = {"Authorization": "Bearer " + "0" * 64}
+    assert services.http_status(url, headers=wrong) in (401, 403)
+    good = {"Authorization": f"Bearer {ray_cluster.token()}"}
+    assert services.http_status(url, headers=good) == 200
+
+
+@pytest.mark.slow
+def test_ray_job_submit_with_token_and_unauthenticated_cli_refused(ray_cluster, tmp_path):
+    """`ray job submit` reaches the head with the token; the same CLI without it is refused."""
+    (tmp_path / "probe.py").write_text(
+        "import os, ray\n"
+        "ray.init()\n"
+        "f = ray.remote(lambda: os.environ.get('MDIR_SVC_MARK'))\n"
+        "print('PROBE', ray.get(f.remote()))\n"
+    )
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = ray_cluster.client_env()
+    renv = json.dumps({"env_vars": {"MDIR_SVC_MARK": "via-submit"}})
+    cmd = [ray_bin, "job", "submit", "--address", ray_cluster.dashboard_url]
+    cmd += ["--working-dir", str(tmp_path), "--runtime-env-json", renv, "--", "python", "probe.py"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "PROBE via-submit" in out.stdout
+
+    bad_env = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    bad_env.update(RAY_AUTH_MODE="disabled", HOME=str(tmp_path))  # no ~/.ray/auth_token either
+    lst = [ray_bin, "job", "list", "--address", ray_cluster.dashboard_url]
+    out = subprocess.run(lst, env=bad_env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "authentication" in (out.stdout + out.stderr).lower()
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+def test_mlflow_logs_and_reads_back_a_metric(mlflow_server):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_server.uri
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    assert int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) > 0  # bounded, not zero
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    exp = mlflow.set_experiment("svc-test")
+    with mlflow.start_run(experiment_id=exp.experiment_id) as run:
+        for step, v in enumerate([0.5, 0.25, 0.125]):
+            mlflow.log_metric("loss", v, step=step)
+        mlflow.log_text("hello", "notes/hello.txt")
+    client = MlflowClient(mlflow_server.uri)
+    hist = client.get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)] == [
+        (0, 0.5),
+        (1, 0.25),
+        (2, 0.125),
+    ]
+    # artifacts are proxied by the server into its own local store
+    local = client.download_artifacts(run.info.run_id, "notes/hello.txt")
+    assert Path(local).read_text() == "hello"
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def _spawn_group(tmp_path: Path, name: str) -> services._Service:
+    """A two-process group (sh + background sleep) as a service with a state file."""
+    log = tmp_path / f"{name}.log"
+    proc = services._spawn(["sh", "-c", "sleep 300 & sleep 300"], log, os.environ)
+    svc = services._Service(
+        state_file=str(tmp_path / f"{name}.json"), pids=[proc.pid], pgid=proc.pid, log=str(log)
+    )
+    svc.save()
+    t0 = time.monotonic()
+    while len(services.group_pids(proc.pid)) < 2 and time.monotonic() - t0 < 10:
+        time.sleep(0.1)
+    return svc
+
+
+def test_stop_kills_the_whole_process_group_and_nothing_else(tmp_path):
+    ours = _spawn_group(tmp_path, "ours")
+    other = _spawn_group(tmp_path, "other")
+    try:
+        members = services.group_pids(ours.pgid)
+        assert len(members) >= 2  # the shell and its background child(ren)
+        ours.stop(timeout=5)
+        assert not [p for p in members if services.pid_alive(p)]
+        assert not Path(ours.state_file).exists()
+        assert len(services.group_pids(other.pgid)) >= 2  # untouched
+    finally:
+        other.stop(timeout=5)
+    assert services.group_pids(other.pgid) == []
+
+
+def test_s3_state_file_reuse_and_stop_from_another_process(tmp_path):
+    state = tmp_path / "st"
+    srv = services.start_s3(state)
+    try:
+        again = services.start_s3(state)  # already running → reused, not a second server
+        assert (again.port, again.pids) == (srv.port, srv.pids)
+        assert json.loads((state / "s3.json").read_text())["port"] == srv.port
+        code = "import sys; from mdir.services import stop_from_state; stop_from_state(sys.argv[1])"
+        subprocess.run([sys.executable, "-c", code, str(state / "s3.json")], check=True, timeout=60)
+        assert not services.pid_alive(srv.pids[0])
+        assert not services.port_open(srv.port)
+        assert not (state / "s3.json").exists()
+    finally:
+        srv.stop()
