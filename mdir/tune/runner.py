@@ -95,6 +95,53 @@ def prepare(space: TuneSpace, space_path: str | Path | None) -> tuple[dict[str, 
     return base, trials
 
 
+def absolutize_paths(base: dict[str, Any], trials: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+    """Relative local ``data.uri`` → absolute: trial actors and Train workers do not run
+    in the driver's working directory."""
+    from mdir.tune.space import apply_params, get_dotted
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str) and "://" not in v and not os.path.isabs(v):
+            return os.path.abspath(v)
+        return v
+
+    uri = get_dotted(base, "data.uri")
+    if uri is not None:
+        base = apply_params(base, {"data.uri": fix(uri)})
+    out = []
+    for t in trials:
+        if "data.uri" in t.params:
+            t = t.model_copy(update={"params": {**t.params, "data.uri": fix(t.params["data.uri"])}})
+        out.append(t)
+    return base, out
+
+
+def check_before_launch(
+    space: TuneSpace, base: dict[str, Any], trials: list[Any], train_storage: str
+) -> None:
+    """Training's own fail-fast checks (dataset reachable, method buildable, the cluster can
+    hold one trial) once per distinct data/method/scaling, before any trial starts."""
+    if space.backend != "train":
+        return
+    from mdir.training.run import validate_before_launch
+
+    seen: set[str] = set()
+    for cfg in validate_trials(space, base, trials):
+        key = json.dumps(
+            [cfg.data.model_dump(mode="json"), cfg.method.name, cfg.scaling.model_dump(mode="json")]
+        )
+        if key in seen:
+            continue
+        seen.add(key)
+        cfg = cfg.model_copy(
+            update={"storage": cfg.storage.model_copy(update={"path": train_storage})}
+        )
+        try:
+            validate_before_launch(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"space {space.name!r}: {e}") from None
+
+
 def _ensure_ray() -> None:
     """Connect to the cluster (RAY_ADDRESS, or the job's) unless already connected; trial
     actors and Train workers get AWS_* / MLFLOW_* / MDIR_* through the job's runtime_env."""
@@ -104,6 +151,9 @@ def _ensure_ray() -> None:
         return
     from mdir.services import forward_env, use_loopback
 
+    # MLflow's telemetry thread pops an env var while requests iterates os.environ for
+    # proxies: a KeyError that fails tracking calls at random in actors. Off everywhere.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     addr = os.environ.get("RAY_ADDRESS") or None
     if addr and addr.split("://")[-1].startswith("127.0.0.1"):
         use_loopback()  # keep the loopback address the head advertises (DESIGN.md pitfalls)
@@ -198,6 +248,7 @@ def run_sweep(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     base, trials = prepare(space, space_path)
+    base, trials = absolutize_paths(base, trials)
     name = name or space.name
     storage = storage_path or space.storage_path or default_storage()
     if _is_local(storage):
@@ -206,6 +257,8 @@ def run_sweep(
     path = f"{storage.rstrip('/')}/{name}"
     tracking_uri = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")) if use_mlflow else None
 
+    _ensure_ray()
+    check_before_launch(space, base, trials, f"{path}/train")
     state = _read_state(path)
     parent_run_id = (
         _parent_run(space, name, state, len(trials), tracking_uri) if tracking_uri else None
@@ -213,7 +266,6 @@ def run_sweep(
     _write_state(path, {**state, "name": name, "space": space.name, "parent_run_id": parent_run_id})
     model_name = f"mdir-toy-{name}" if space.backend == "toy" else None
 
-    _ensure_ray()
     sweep = {
         "name": name,
         "path": path,

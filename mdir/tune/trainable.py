@@ -66,6 +66,7 @@ def normalize_report(row: dict[str, Any]) -> dict[str, Any]:
 
 def trial_fn(config: dict[str, Any]) -> None:
     """Tune function trainable (runs in the trial actor)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see mdir.tune.runner._ensure_ray
     from ray import tune
 
     from mdir.tune.space import Trial, TuneSpace
