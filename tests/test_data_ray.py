@@ -38,7 +38,9 @@ def ray_ctx(request, tmp_path_factory):
         yield
         return
     if cluster is not None:
-        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.init()  # token auth + AWS_* forwarded to workers
+        yield
+        return
     else:
         from mdir.data.raylocal import init_ray
 

@@ -46,9 +46,9 @@ def _s3_kwargs() -> dict[str, Any]:
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
     if region:
         kw["client_kwargs"] = {"region_name": region}
-    # Never cache listings: shards are written and read by different processes.
+    # Never cache listings: shards are written and read by different processes. (The
+    # filesystem instance itself is cached by fsspec: creating a session is slow.)
     kw["use_listings_cache"] = False
-    kw["skip_instance_cache"] = True
     return kw
 
 
