@@ -85,8 +85,8 @@ def extract_features_distributed(
 ) -> DistributedFeatures:
     """Extract pool features and logits of `images` with `num_workers` Ray actors.
 
-    Connects to the running Ray cluster (`ray.init()` honours RAY_ADDRESS) if this process
-    is not connected yet. Returns features in input order and the exactly merged stats.
+    Connects to RAY_ADDRESS (or starts a private local Ray) if this process is not
+    connected yet. Returns features in input order and the exactly merged stats.
     """
     import ray
     from ray.util import ActorPool
@@ -94,7 +94,11 @@ def extract_features_distributed(
     if num_workers < 1:
         raise ValueError("num_workers must be ≥ 1")
     if not ray.is_initialized():
-        ray.init(log_to_driver=False)
+        # RAY_ADDRESS → that cluster; otherwise a private local instance (never someone
+        # else's cluster, no ~/.ray/auth_token written).
+        from mdir.data.raylocal import init_ray
+
+        init_ray(num_cpus=max(2, int(num_workers * cpus_per_worker + 0.999)))
     n = len(images)
     chunks = [(i, s) for i, s in enumerate(range(0, n, chunk_size))]
     threads = max(1, int(cpus_per_worker))
