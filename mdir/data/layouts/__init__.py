@@ -19,6 +19,12 @@ LAYOUTS: dict[str, str] = {
     "folders": "mdir.data.layouts.folders:FoldersLayout",
     "paired": "mdir.data.layouts.paired:PairedLayout",
     "list": "mdir.data.layouts.listfile:ListLayout",
+    "robotcar_seasons": "mdir.data.layouts.robotcar_seasons:RobotCarSeasonsLayout",
+    "aachen": "mdir.data.layouts.aachen:AachenLayout",
+    "transient_attributes": "mdir.data.layouts.transient_attributes:TransientAttributesLayout",
+    "tokyo247": "mdir.data.layouts.tokyo247:Tokyo247Layout",
+    "revisited": "mdir.data.layouts.revisited:RevisitedLayout",
+    "retrieval_sfm": "mdir.data.layouts.retrieval_sfm:RetrievalSfMLayout",
 }
 
 

@@ -124,3 +124,69 @@ def read_pose_file(text: str) -> dict[str, tuple[float, ...]]:
             continue
         out[parts[0]] = world_to_camera_to_pose(*vals)
     return out
+
+
+def safe_unpickle(data: bytes):
+    """Load a dataset's ground-truth pickle (revisited Oxford/Paris, Retrieval-SfM) with
+    an allow-list: only containers, numbers, strings and numpy arrays — never arbitrary
+    callables."""
+    import io as _io
+    import pickle
+
+    allowed = {
+        ("builtins", "dict"),
+        ("builtins", "list"),
+        ("builtins", "tuple"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "int"),
+        ("builtins", "float"),
+        ("builtins", "str"),
+        ("builtins", "bytes"),
+        ("collections", "OrderedDict"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) in allowed:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+
+    return _Restricted(_io.BytesIO(data), encoding="latin1").load()
+
+
+def read_pose_files(src: str, names: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
+    """Poses from whichever of `names` exist under `src` (``name qw qx qy qz tx ty tz``)."""
+    from mdir.data import io
+
+    poses: dict[str, tuple[float, ...]] = {}
+    for n in names:
+        uri = io.join(src, n)
+        fs, path = io.get_fs(uri)
+        if fs.exists(path):
+            poses.update(read_pose_file(io.read_bytes(uri).decode("utf-8", errors="replace")))
+    return poses
+
+
+def list_images(src: str, sub: str) -> list[tuple[str, str]]:
+    """(path relative to `src`, URI) of every non-hidden file below src/sub, sorted."""
+    from mdir.data import io
+
+    fs, root = io.get_fs(src)
+    root = root.rstrip("/")
+    base = root + "/" + sub.strip("/") if sub else root
+    if not fs.exists(base):
+        return []
+    out = []
+    for p in sorted(fs.find(base)):
+        rel = p[len(root) :].lstrip("/")
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        out.append((rel, io.full_uri(fs, p)))
+    return out
