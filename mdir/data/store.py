@@ -38,7 +38,7 @@ class ShardImageStore:
         self.manifest = m
         self.conditions: list[str] = list(m.conditions)
         self.image_size = image_size
-        t = read_all(m, ["id", "image", "condition", "place", "pose", "split"])
+        t = read_all(m, ["id", "image", "condition", "place", "pose", "split", "source"])
         mask = None
         if split is not None:
             mask = pc.equal(t["split"], split)
@@ -64,6 +64,7 @@ class ShardImageStore:
                 np.float64,
             ).reshape(-1, 7),
             "split": np.array(t["split"].to_pylist(), dtype=object),
+            "source": np.array(t["source"].to_pylist(), dtype=object),
         }
         self._cache: OrderedDict[int, Tensor] = OrderedDict()
         self._cache_max = cache_images
