@@ -77,6 +77,11 @@ class TrainSection(StrictModel):
         True,
         description="Run the evaluation at eval points and at the end (needs the eval section).",
     )
+    loader: Literal["ray_data", "memory"] = Field(
+        "ray_data",
+        description="ray_data: shards streamed through Ray Data and split across workers (real datasets); "
+        "memory: each rank decodes its share of a small split in memory (tests, tiny demos on 2 cores).",
+    )
     eval_images: int = Field(
         64, ge=2, description="Validation images translated for the evaluation at each eval point."
     )

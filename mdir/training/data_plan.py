@@ -159,3 +159,79 @@ def _paired_rows(uri: str, split: str, size: int, n: int) -> tuple[Tensor, Tenso
     a = torch.stack([resize_exact(x, size) for x in decode_many(t["image"].to_pylist())])
     b = torch.stack([resize_exact(x, size) for x in decode_many(t["image_b"].to_pylist())])
     return a, b
+
+
+class MemoryDataPlan(ShardDataPlan):
+    """Small datasets without Ray Data: every rank decodes the split once (through
+    `ShardImageStore`), takes the rows ``rank::world_size`` of each stream and draws
+    shuffled batches from them (random horizontal flip when ``data.flip``). The same
+    steps-per-epoch rule as the Ray Data path, so both loaders train identically long.
+    Meant for tests and tiny demos on 2-core machines, where Ray Data's task start-up
+    dominates; real datasets use `ShardDataPlan`."""
+
+    def __init__(self, data: DataConfig, batch_size: int, seed: int = 0) -> None:
+        super().__init__(data, batch_size)
+        self.seed = seed
+        self._streams: dict[str, dict[str, Tensor]] | None = None
+        self._epoch = 0
+
+    def datasets(self) -> dict[str, Any]:
+        return {}
+
+    def _load_streams(self, rank: int, world: int) -> dict[str, dict[str, Tensor]]:
+        from mdir.data.store import ShardImageStore
+
+        split, size = self.data.train_split, self.data.image_size
+        if self.data.mode == "paired":
+            a, b = _paired_rows(self.data.uri, split, size, 1 << 30)
+            idx = torch.arange(len(a))[rank::world]
+            return {"AB": {"A": a[idx], "B": b[idx], "A_id": idx, "B_id": idx}}
+        if self.data.mode == "single":
+            groups = {"A": None}
+        else:
+            da, db = self._domains()
+            groups = {"A": da, "B": db}
+        out: dict[str, dict[str, Tensor]] = {}
+        for key, conds in groups.items():
+            st = ShardImageStore(self.data.uri, split, size, conditions=conds)
+            ids = st.ids()[rank::world]
+            if len(ids) == 0:
+                raise ValueError(
+                    f"data.{'domain_a' if key == 'A' else 'domain_b'}: no rows for rank {rank} of {world}"
+                )
+            rows = [st._row[int(i)] for i in ids]  # noqa: SLF001 - aligned metadata of those ids
+            meta = st.meta()
+            out[key] = {
+                key: st.load_uint8(ids.tolist()),
+                f"{key}_id": torch.from_numpy(ids),
+                f"{key}_condition": torch.from_numpy(meta["condition"][rows]),
+                f"{key}_place": torch.from_numpy(meta["place"][rows]),
+            }
+        return out
+
+    def batches(self, steps: int, device: torch.device) -> Iterator[dict[str, Tensor]]:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        if self._streams is None:
+            self._streams = self._load_streams(rank, world)
+        g = torch.Generator().manual_seed(self.seed * 1000003 + rank * 7919 + self._epoch)
+        self._epoch += 1
+        orders = {k: torch.empty(0, dtype=torch.long) for k in self._streams}
+        for _ in range(steps):
+            batch: dict[str, Tensor] = {}
+            for k, cols in self._streams.items():
+                n = len(next(iter(cols.values())))
+                while len(orders[k]) < self.batch_size:
+                    orders[k] = torch.cat([orders[k], torch.randperm(n, generator=g)])
+                pick, orders[k] = orders[k][: self.batch_size], orders[k][self.batch_size :]
+                flip = self.data.flip and bool(torch.rand(1, generator=g) < 0.5)
+                for name, col in cols.items():
+                    v = col[pick]
+                    if v.dtype == torch.uint8:
+                        v = v.float() / 127.5 - 1.0
+                        if flip:
+                            v = v.flip(-1)
+                    batch[name] = v.to(device)
+            yield batch

@@ -217,11 +217,15 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from mdir.training.data_plan import ShardDataPlan
+    from mdir.training.data_plan import MemoryDataPlan, ShardDataPlan
     from mdir.training.loop import train_loop_per_worker
 
     cfg = resolve_names(cfg)
-    plan = plan if plan is not None else ShardDataPlan(cfg.data, cfg.train.batch_size)
+    if plan is None:
+        if cfg.train.loader == "memory":
+            plan = MemoryDataPlan(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
+        else:
+            plan = ShardDataPlan(cfg.data, cfg.train.batch_size)
     datasets = plan.datasets()
     spe = plan.steps_per_epoch(cfg.scaling.num_workers)
     storage_path, storage_fs = _storage(cfg.storage.path)

@@ -1,0 +1,70 @@
+"""Shared body of the thin job entrypoints (`jobs/mduit.py`, `jobs/cyclegan.py`,
+`jobs/pix2pix.py`) and of ``mdir train``: parse, validate, train, print one result line.
+
+The last line a job prints on stdout is ``MDIR_RESULT <json>`` with keys ``run_name``,
+``run_id`` (MLflow run id or null), ``model_uri`` (``models:/mdir-<method>-<dataset>@candidate``
+or null), ``sample_grid`` (path of the final source | translation | target PNG on the
+node of rank 0, also logged to MLflow under ``samples/``), ``checkpoint`` (final
+checkpoint URI), ``step``, ``metrics`` and ``error`` (null on success).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from mdir.config import ConfigError
+
+RESULT_PREFIX = "MDIR_RESULT "
+
+
+def parse_args(argv: list[str] | None, method: str | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=f"Train {method or 'a method'} on Ray Train (see mdir/training).",
+        epilog="Overrides: dotted keys, e.g. train.epochs=2 scaling.num_workers=2 storage.name=myrun",
+    )
+    p.add_argument("--config", required=True, help="YAML job config (jobs/configs/*.yaml).")
+    p.add_argument(
+        "--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local cluster)."
+    )
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides applied after the file.")
+    return p.parse_args(argv)
+
+
+def result_line(summary: dict[str, Any]) -> str:
+    return RESULT_PREFIX + json.dumps(summary, default=str, sort_keys=True)
+
+
+def parse_result_line(text: str) -> dict[str, Any] | None:
+    """The last ``MDIR_RESULT`` JSON in a job's output (for the demo / tests)."""
+    for line in reversed(text.splitlines()):
+        i = line.find(RESULT_PREFIX)
+        if i >= 0:
+            return json.loads(line[i + len(RESULT_PREFIX) :])
+    return None
+
+
+def run_job(
+    method: str | None, config: str, overrides: list[str], address: str | None = None
+) -> int:
+    """Load + validate (fail fast, exit 2 naming the field), train, print the result line."""
+    from mdir.training.config import load_job_config
+    from mdir.training.run import train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_job_config(config, overrides, method=method)
+        result = train(cfg, address=address)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    print(result_line(result.summary()), flush=True)
+    return 0 if result.error is None else 1
+
+
+def main(method: str | None, argv: list[str] | None = None) -> int:
+    a = parse_args(argv, method)
+    return run_job(method, a.config, a.overrides, a.address)
