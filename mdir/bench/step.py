@@ -1,5 +1,212 @@
-"""`mdir bench step`."""
+"""`mdir bench step METHOD`: one training step at 256×256, batch 1, on this CPU.
+
+Variants of the *same* method and networks, measured side by side in one process:
+
+* ``eager``          — the baseline: plain eager PyTorch, NCHW tensors (this is also what the
+                       original junyanz implementation runs: same layers, same step order);
+* ``channels_last``  — networks and inputs in NHWC memory format (oneDNN's native layout);
+* ``compile``        — every network compiled with ``torch.compile`` (inductor), in place
+                       (``nn.Module.compile``), so the method code is unchanged;
+* ``compile_cl``     — both.
+
+Each variant is built from the same seed, warmed up (the first compiled steps include the
+compilation, reported as ``compile_s`` and time-boxed by ``--compile-timeout``: a variant whose
+compilation runs over is reported as ``timed_out`` and skipped), then the variants are timed
+in interleaved rounds (noise on a shared machine hits all of them alike). Reported per
+variant: median seconds per step and steps/s; ``ratios`` = steps/s ÷ eager steps/s.
+MDUIT batches carry explicit T, T_pos, S_neg, T_neg images (no store I/O is timed).
+"""
 
 from __future__ import annotations
 
-from mdir.bench.cli import app  # noqa: F401
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from mdir.bench.cli import app
+from mdir.bench.common import write_json
+
+VARIANTS = ("eager", "channels_last", "compile", "compile_cl")
+
+
+class _Timeout(Exception):
+    pass
+
+
+_fired = {"alarm": False}
+
+
+def _alarm(_sig: int, _frame: Any) -> None:
+    _fired["alarm"] = True
+    raise _Timeout()
+
+
+def _bench_config(method: str, lite: bool) -> Any:
+    """Default (paper) widths; ``lite`` = narrow networks for a quick smoke run."""
+    from mdir.methods import config as mc
+
+    if method == "pix2pix":
+        return mc.Pix2PixConfig(ngf=8, ndf=8) if lite else mc.Pix2PixConfig()
+    if method == "cyclegan":
+        return mc.CycleGANConfig(ngf=8, ndf=8, n_blocks=2) if lite else mc.CycleGANConfig()
+    if method == "mduit":
+        kw = {"allow_random_vgg": True}
+        if lite:
+            kw.update(
+                ngf=8, ndf=8, n_res_enc=1, n_res_dec=1, ea_hidden=16, proj_hidden=16, proj_dim=16
+            )
+        return mc.MDUITConfig(**kw)
+    raise typer.BadParameter(f"unknown method {method!r}; valid: pix2pix, cyclegan, mduit")
+
+
+def _batch(method: str, size: int, batch: int, channels_last: bool) -> dict[str, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    keys = ("A", "T", "T_pos", "S_neg", "T_neg") if method == "mduit" else ("A", "B")
+    out = {}
+    for k in keys:
+        x = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
+        out[k] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return out
+
+
+def _build(method: str, cfg: Any, variant: str) -> Any:
+    import torch
+
+    from mdir.methods import METHODS
+
+    torch.manual_seed(0)
+    m = METHODS[method](cfg, "cpu")
+    if variant in ("channels_last", "compile_cl"):
+        for net in m.networks.values():
+            net.to(memory_format=torch.channels_last)
+    if variant in ("compile", "compile_cl"):
+        for net in m.networks.values():
+            net.compile()
+    m.configure_optimizers()
+    return m
+
+
+@app.command("step")
+def step(
+    method: str = typer.Argument(..., help="pix2pix | cyclegan | mduit"),
+    size: int = typer.Option(256, help="Image side (the papers train at 256)."),
+    batch: int = typer.Option(1, help="Batch size (MDUIT paper: 1)."),
+    steps: int = typer.Option(3, help="Timed steps per variant per round."),
+    rounds: int = typer.Option(3, help="Interleaved timing rounds."),
+    warmup: int = typer.Option(
+        2, help="Untimed steps per variant first (compiled variants compile here)."
+    ),
+    variants: str = typer.Option(
+        "eager,channels_last,compile",
+        help=f"Comma-separated variants among {', '.join(VARIANTS)}; eager is always included.",
+    ),
+    compile_timeout: int = typer.Option(
+        300, help="Seconds allowed for a compiled variant's warm-up (compilation)."
+    ),
+    threads: int = typer.Option(0, help="torch intra-op threads (0 = PyTorch's default)."),
+    lite: bool = typer.Option(False, help="Narrow networks (smoke test), not the paper widths."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the JSON result here."),
+) -> None:
+    """Training steps/s of METHOD (256×256, batch 1, CPU): eager baseline vs channels-last
+    and torch.compile variants, side by side, with the ratio to eager."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    chosen = ["eager"] + [v for v in variants.split(",") if v and v != "eager"]
+    bad = [v for v in chosen if v not in VARIANTS]
+    if bad:
+        raise typer.BadParameter(f"unknown variants {bad}; valid: {', '.join(VARIANTS)}")
+    cfg = _bench_config(method, lite)
+    res: dict[str, dict[str, Any]] = {}
+    live: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    for v in chosen:
+        t0 = time.perf_counter()
+        m = _build(method, cfg, v)
+        b = _batch(method, size, batch, v in ("channels_last", "compile_cl"))
+        setup = time.perf_counter() - t0
+        compiled = v.startswith("compile")
+        old = signal.signal(signal.SIGALRM, _alarm) if compiled else None
+        if compiled:
+            _fired["alarm"] = False
+            signal.alarm(compile_timeout)
+        t0 = time.perf_counter()
+        try:
+            for _ in range(warmup):
+                m.train_step(b)
+        except Exception as e:  # the alarm arrives wrapped (e.g. InductorError) from inside compile
+            if not compiled:
+                raise
+            signal.alarm(0)
+            torch._dynamo.reset()
+            if _fired["alarm"]:
+                res[v] = {"timed_out": True, "compile_timeout_s": compile_timeout}
+                log(f"[{v}] compilation exceeded {compile_timeout}s: skipped")
+            else:
+                res[v] = {"failed": f"{type(e).__name__}: {str(e)[:200]}"}
+                log(f"[{v}] compilation failed: {type(e).__name__}: skipped")
+            continue
+        finally:
+            if compiled:
+                signal.alarm(0)
+                signal.signal(signal.SIGALRM, old)
+        warm = time.perf_counter() - t0
+        res[v] = {"setup_s": round(setup, 3), "warmup_s": round(warm, 3)}
+        if compiled:
+            res[v]["compile_s"] = round(warm, 3)  # includes `warmup` steps
+        live[v] = (m, b)
+        log(f"[{v}] ready (setup {setup:.1f}s, warm-up {warm:.1f}s)")
+
+    times: dict[str, list[float]] = {v: [] for v in live}
+    for r in range(rounds):
+        for v, (m, b) in live.items():
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                m.train_step(b)
+                times[v].append(time.perf_counter() - t0)
+        log(
+            f"round {r + 1}/{rounds}: "
+            + ", ".join(f"{v} {statistics.median(t):.3f}s" for v, t in times.items())
+        )
+
+    for v, t in times.items():
+        med = statistics.median(t)
+        res[v].update(
+            step_s_median=round(med, 4),
+            step_s_min=round(min(t), 4),
+            steps_per_s=round(1 / med, 4),
+            n=len(t),
+        )
+    base = res["eager"]["steps_per_s"]
+    ratios = {v: round(r["steps_per_s"] / base, 3) for v, r in res.items() if "steps_per_s" in r}
+    best = max(ratios, key=ratios.get)
+    result = {
+        "benchmark": "step",
+        "method": method,
+        "size": size,
+        "batch": batch,
+        "lite": lite,
+        "torch_threads": torch.get_num_threads(),
+        "baseline": "eager",
+        "variants": res,
+        "ratios": ratios,
+        "best": best,
+    }
+    for v, r in res.items():
+        if "steps_per_s" in r:
+            log(
+                f"{method} {v:<14} {r['steps_per_s']:.3f} steps/s  ({r['step_s_median']:.3f} s/step)  ×{ratios[v]:.2f} vs eager"
+            )
+    write_json(result, out, as_json)
