@@ -120,13 +120,23 @@ class GanAugmenter:
 
     @torch.no_grad()
     def __call__(
-        self, images: Tensor, eligible: Sequence[bool] | np.ndarray | None = None
+        self,
+        images: Tensor,
+        eligible: Sequence[bool] | np.ndarray | None = None,
+        uniforms: np.ndarray | None = None,
+        ref_rng: np.random.Generator | None = None,
     ) -> tuple[Tensor, np.ndarray]:
-        """images [B,3,H,W] in [-1,1] → (augmented images, bool mask of translated rows)."""
+        """images [B,3,H,W] in [-1,1] → (augmented images, bool mask of translated rows).
+
+        `uniforms` [B] in [0, 1) replaces the private draws: the training loop draws them for
+        the whole global batch from a (seed, epoch, step) generator and hands each rank its
+        slice, so the same images are translated whatever the number of workers.
+        `ref_rng` likewise replaces the private generator for drawing MDUIT references.
+        """
         b = images.shape[0]
         eligible = np.ones(b, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
-        draw = self.rng.random(b) < self.probability
-        mask = draw & eligible
+        u = self.rng.random(b) if uniforms is None else np.asarray(uniforms, dtype=np.float64)
+        mask = (u < self.probability) & eligible
         self.counter.seen += int(eligible.sum())
         if not mask.any():
             return images, mask
@@ -134,7 +144,7 @@ class GanAugmenter:
         ref = None
         if self.needs_reference:
             assert self.draw_reference is not None
-            ref = self.draw_reference(int(mask.sum()), self.rng).to(images.device)
+            ref = self.draw_reference(int(mask.sum()), ref_rng or self.rng).to(images.device)
         try:
             out = translate_padded(
                 self.translator, images.index_select(0, idx), self.pad_multiple, ref

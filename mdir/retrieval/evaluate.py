@@ -6,7 +6,7 @@ information as training (place ids or pose thresholds). For each query the datab
 ranked by descriptor similarity (exact search, or faiss for large sets), and the metrics of
 ``mdir.metrics.retrieval`` are computed:
 
-* ``recall@N`` (Tokyo 24/7 style: a query counts when a positive is among the top N), over
+* ``recall_at_N`` (Tokyo 24/7 style: a query counts when a positive is among the top N), over
   all queries and split into ``day`` / ``night`` queries (`eval.night_conditions`);
 * ``map`` — revisited-protocol mAP with the positives as the "easy" set (synthetic data has
   no hard/junk distinction, so Easy = Medium; reported as ``map``), ×1 (not ×100);
@@ -98,7 +98,7 @@ def compute_metrics(
 ) -> dict[str, float]:
     """Metrics from descriptors (queries [Q, D], database [N, D]) — see the module docstring.
 
-    Keys: ``recall@N/{all,day,night}``, ``map``, ``mp@k``, ``loc/{all,day,night}/<t>m_<r>deg``,
+    Keys (MLflow-safe: no "@"): ``recall_at_N/{all,day,night}``, ``map``, ``mp_at_k``, ``loc/{all,day,night}/<t>m_<r>deg``,
     and ``eval/*`` counts. Queries without any positive in the database count as misses
     (NetVLAD / Tokyo 24/7 convention) and are reported in ``eval/queries_without_positive``.
     """
@@ -125,13 +125,13 @@ def compute_metrics(
             continue
         r = recall_at_n(ranks[sel], [pos[i] for i in np.flatnonzero(sel)], ns)
         for n in ns:
-            out[f"recall@{n}/{name}"] = float(r[n])
+            out[f"recall_at_{n}/{name}"] = float(r[n])
     if has_pos.any():
         empty = np.zeros(0, np.int64)
         gnd = [{"easy": pos[i], "hard": empty, "junk": empty} for i in np.flatnonzero(has_pos)]
         m = revisited_map(ranks[has_pos], gnd, "easy")
         out["map"] = m["map"]
-        out.update({k: v for k, v in m.items() if k.startswith("mp@")})
+        out.update({k.replace("@", "_at_"): v for k, v in m.items() if k.startswith("mp@")})
     poses = es.data.matching.pose
     qp, dp = poses[es.query_rows], poses[es.db_rows]
     if np.isfinite(qp).all(axis=1).any():

@@ -18,11 +18,11 @@ from mdir.retrieval.train import LaunchError, RetrievalResult, run_training, val
 
 #: rows of the comparison table (metric key, label), in print order
 TABLE_ROWS: tuple[tuple[str, str], ...] = (
-    ("recall@1/night", "night recall@1"),
-    ("recall@5/night", "night recall@5"),
-    ("recall@10/night", "night recall@10"),
-    ("recall@1/day", "day recall@1"),
-    ("recall@5/day", "day recall@5"),
+    ("recall_at_1/night", "night recall@1"),
+    ("recall_at_5/night", "night recall@5"),
+    ("recall_at_10/night", "night recall@10"),
+    ("recall_at_1/day", "day recall@1"),
+    ("recall_at_5/day", "day recall@5"),
     ("loc/night/0.25m_2deg", "night loc (0.25m, 2°)"),
     ("loc/night/0.5m_5deg", "night loc (0.5m, 5°)"),
     ("loc/night/5m_10deg", "night loc (5m, 10°)"),

@@ -11,6 +11,7 @@ version points at that artifact directory (``runs:/<run>/retrieval_model``).
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 
 MODEL_ARTIFACT = "retrieval_model"
+# artifact download bars would interleave with job logs and `--json` output
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 

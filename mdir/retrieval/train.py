@@ -113,13 +113,17 @@ def run_training(
     run_name: str | None = None,
     return_descriptors: bool = False,
     tags: dict[str, str] | None = None,
+    local: bool = False,
 ) -> RetrievalResult:
-    """Validate, start an MLflow run, fit the `TorchTrainer`, register the model."""
+    """Validate, start an MLflow run, fit the `TorchTrainer`, register the model.
+
+    `local=True` runs the same loop in this process (one worker, no Ray) — for debugging and
+    as the single-process reference in tests."""
     import mlflow
     from mlflow import MlflowClient
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
+    if local and cfg.scaling.num_workers != 1:
+        raise LaunchError("local runs use one worker: set scaling.num_workers=1")
     generator = validate_before_launch(cfg)
     tracking_uri = mlflow.get_tracking_uri()
     client = MlflowClient()
@@ -158,12 +162,52 @@ def run_training(
         "run_id": run_id,
         "return_descriptors": return_descriptors,
     }
+    try:
+        if local:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = train_local(loop_cfg, Path(tmp) / "ckpt")
+                final_dir = Path(tmp) / "ckpt" / FINAL_DIR
+                model_uri = _register(
+                    cfg, run_id, final_dir, generator, out.get("metrics", {}), client
+                )
+        else:
+            out = _fit_on_ray(cfg, loop_cfg, name, storage)
+            model_uri = None
+            if out.get("_checkpoint") is not None:
+                with out.pop("_checkpoint").as_directory() as d:
+                    model_uri = _register(
+                        cfg, run_id, Path(d) / FINAL_DIR, generator, out.get("metrics", {}), client
+                    )
+        client.set_terminated(run_id, status="FINISHED")
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    metrics = out.get("metrics", {})
+    return RetrievalResult(
+        metrics=metrics,
+        run_id=run_id,
+        model_uri=model_uri,
+        generator={"uri": generator.uri, "name": generator.name, "version": generator.version}
+        if generator
+        else None,
+        augment=out.get("augment", {}),
+        history=out.get("history", []),
+        descriptors=out.get("descriptors"),
+    )
+
+
+def _fit_on_ray(cfg: RetrievalJobConfig, loop_cfg: dict, name: str, storage: str) -> dict[str, Any]:
+    """Fit the `TorchTrainer`; returns rank 0's return value plus ``_checkpoint`` (final)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     env_keys = (
         "AWS_ENDPOINT_URL",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_DEFAULT_REGION",
         "MLFLOW_S3_ENDPOINT_URL",
+        "MLFLOW_TRACKING_URI",
         "MLFLOW_TRACKING_TOKEN",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
         "MLFLOW_HTTP_REQUEST_TIMEOUT",
@@ -185,44 +229,30 @@ def run_training(
             },
         ),
     )
-    try:
-        result = trainer.fit()
-    except Exception:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    out: dict[str, Any] = result.return_value or {}
-    metrics = out.get("metrics", {})
-    model_uri = None
-    try:
-        if result.checkpoint is not None:
-            with result.checkpoint.as_directory() as d:
-                model, _ = load_model_files(Path(d) / FINAL_DIR)
-                extra = {
-                    "generator": generator.pinned_uri if generator else None,
-                    "metrics": metrics,
-                }
-                model_uri = log_and_register(
-                    model,
-                    run_id,
-                    cfg.model_name if cfg.mlflow.register_model else None,
-                    cfg.mlflow.alias,
-                    extra,
-                )
-        client.set_terminated(run_id, status="FINISHED")
-    except Exception:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    return RetrievalResult(
-        metrics=metrics,
-        run_id=run_id,
-        model_uri=model_uri,
-        generator={"uri": generator.uri, "name": generator.name, "version": generator.version}
-        if generator
-        else None,
-        augment=out.get("augment", {}),
-        history=out.get("history", []),
-        descriptors=out.get("descriptors"),
-    )
+    result = trainer.fit()
+    out: dict[str, Any] = dict(result.return_value or {})
+    out["_checkpoint"] = result.checkpoint
+    return out
+
+
+def _register(
+    cfg: RetrievalJobConfig, run_id: str, final_dir: Path, generator, metrics: dict, client
+) -> str | None:
+    """Log the final network (with Lw) to the run and register it (alias `mlflow.alias`)."""
+    model, _ = load_model_files(final_dir)
+    extra = {"generator": generator.pinned_uri if generator else None, "metrics": metrics}
+    name = cfg.model_name if cfg.mlflow.register_model else None
+    uri = log_and_register(model, run_id, name, cfg.mlflow.alias, extra)
+    finite = {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and math.isfinite(float(v))
+    }
+    for k in ("recall_at_1/night", "recall_at_1/day", "map"):
+        if k in finite and name:
+            mv = client.get_model_version_by_alias(name, cfg.mlflow.alias)
+            client.set_model_version_tag(name, mv.version, "metric." + k, f"{finite[k]:.6g}")
+    return uri
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -274,9 +304,7 @@ def _make_augmenter(
         return None, {}
     from mdir.training.registry import load_translator
 
-    translator = load_translator(uri)
-    if hasattr(translator, "to"):
-        translator.to(device)
+    translator = load_translator(uri, device=device)
     method = str(getattr(translator, "method", ""))
     needs_ref = method == "mduit"
     ref_data = data
@@ -319,17 +347,71 @@ def _save_checkpoint(directory: Path, model, optimizer, scheduler, epoch: int, s
     (directory / "state.json").write_text(json.dumps({"epoch": epoch, **state}))
 
 
-def train_worker(loop_cfg: dict) -> dict[str, Any]:
-    """Ray Train per-worker loop (see the module docstring)."""
+@dataclass
+class WorkerEnv:
+    """What the loop needs from its runtime: Ray Train workers, or this process (`--local`)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    wrap: Any  # nn.Module -> nn.Module (DDP under Ray with world > 1)
+    report: Any  # (metrics, checkpoint directory | None) -> None
+    resume_from: Any = None  # () -> context manager yielding a checkpoint dir, or None
+
+
+def _ray_env() -> WorkerEnv:
     import ray.train
-    import torch.distributed as dist
     from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
 
-    cfg = RetrievalJobConfig.model_validate(loop_cfg["cfg"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = get_device()
+    world = ctx.get_world_size()
+
+    def report(metrics: dict, directory: str | None) -> None:
+        ray.train.report(
+            metrics, checkpoint=Checkpoint.from_directory(directory) if directory else None
+        )
+
+    ckpt = ray.train.get_checkpoint()
+    return WorkerEnv(
+        rank=ctx.get_world_rank(),
+        world=world,
+        device=get_device(),
+        wrap=(lambda m: prepare_model(m)) if world > 1 else (lambda m: m),
+        report=report,
+        resume_from=ckpt.as_directory if ckpt is not None else None,
+    )
+
+
+def train_worker(loop_cfg: dict) -> dict[str, Any]:
+    """Ray Train per-worker loop (see the module docstring)."""
+    return _train(loop_cfg, _ray_env())
+
+
+def train_local(loop_cfg: dict, out_dir: Path) -> dict[str, Any]:
+    """The same loop in this process, one worker, no Ray (`--local`, tests, debugging); the
+    final checkpoint is copied to `out_dir`."""
+    import shutil
+
+    def report(metrics: dict, directory: str | None) -> None:
+        if directory and (Path(directory) / FINAL_DIR).is_dir():
+            shutil.copytree(directory, out_dir, dirs_exist_ok=True)
+
+    env = WorkerEnv(rank=0, world=1, device=torch.device("cpu"), wrap=lambda m: m, report=report)
+    return _train(loop_cfg, env)
+
+
+def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    cfg = RetrievalJobConfig.model_validate(loop_cfg["cfg"])
+    if loop_cfg.get("tracking_uri"):
+        # workers do not inherit the driver's environment: the generator download and the
+        # metric logging must talk to the driver's tracking server
+        import mlflow
+
+        mlflow.set_tracking_uri(loop_cfg["tracking_uri"])
+    rank, world, device = env.rank, env.world, env.device
     distributed = world > 1 and dist.is_initialized()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -351,7 +433,7 @@ def train_worker(loop_cfg: dict) -> dict[str, Any]:
     from mdir.retrieval.model import build_model
 
     model = build_model(cfg.model).to(device)
-    net = prepare_model(model) if world > 1 else model
+    net = env.wrap(model)
     pool_params = list(model.net.pool.parameters())
     pool_ids = {id(p) for p in pool_params}
     optimizer = torch.optim.Adam(
@@ -371,11 +453,10 @@ def train_worker(loop_cfg: dict) -> dict[str, Any]:
     eligible_rows[data.rows_with_condition(cfg.augment.source_conditions)] = True
 
     start_epoch, history = 0, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:  # resume (worker restart or re-submitted run name)
+    if env.resume_from is not None:  # resume (worker restart or re-submitted run name)
         from safetensors.torch import load_file
 
-        with ckpt.as_directory() as cd:
+        with env.resume_from() as cd:
             cd = Path(cd)
             model.load_state_dict(load_file(str(cd / "model.safetensors")))
             opt = torch.load(cd / "optim.pt", weights_only=True)
@@ -386,7 +467,6 @@ def train_worker(loop_cfg: dict) -> dict[str, Any]:
             if augmenter is not None and "augment" in st:
                 augmenter.counter.seen = st["augment"]["seen"]
                 augmenter.counter.applied = st["augment"]["applied"]
-                augmenter.rng = np.random.default_rng([cfg.seed * 1000 + rank, start_epoch])
 
     all_rows = np.arange(len(data), dtype=np.int64)
     trainable = data.matching.queries_with_positives(all_rows, all_rows)
@@ -437,7 +517,16 @@ def train_worker(loop_cfg: dict) -> dict[str, Any]:
             if s + 1 < steps:
                 fut = prefetch.submit(data.load, local_rows(s + 1).tolist())
             if augmenter is not None:
-                images, _ = augmenter(images, eligible=eligible_rows[rows])
+                # draws for the whole global batch from a (seed, epoch, step) generator, each rank
+                # taking its slice: the same images are translated on 1 or N workers
+                step_rng = np.random.default_rng([cfg.seed, epoch, s, 7])
+                u = step_rng.random(B * tuple_len)[
+                    rank * b * tuple_len : (rank + 1) * b * tuple_len
+                ]
+                ref_rng = np.random.default_rng([cfg.seed, epoch, s, 8, rank])
+                images, _ = augmenter(
+                    images, eligible=eligible_rows[rows], uniforms=u, ref_rng=ref_rng
+                )
             desc = net(images)
             loss = _contrastive(desc, tuple_len, cfg.margin)
             optimizer.zero_grad(set_to_none=True)
@@ -488,11 +577,9 @@ def train_worker(loop_cfg: dict) -> dict[str, Any]:
         if last:
             break
         with tempfile.TemporaryDirectory() as tmp:
-            ck = None
             if rank == 0:
                 _save_checkpoint(Path(tmp), model, optimizer, scheduler, epoch, state)
-                ck = Checkpoint.from_directory(tmp)
-            ray.train.report(epoch_metrics, checkpoint=ck)
+            env.report(epoch_metrics, tmp if rank == 0 else None)
     prefetch.shutdown()
 
     # --- learned whitening Lw from matching training pairs (post-processing, stored in the net)
@@ -529,7 +616,6 @@ def train_worker(loop_cfg: dict) -> dict[str, Any]:
         )
         out["descriptors"] = {"rows": eval_set.data.ids.tolist(), "vecs": vecs.tolist()}
     with tempfile.TemporaryDirectory() as tmp:
-        ck = None
         if rank == 0:
             st = {"history": history, "final": True}
             _save_checkpoint(Path(tmp), model, optimizer, scheduler, cfg.optim.epochs - 1, st)
@@ -538,8 +624,7 @@ def train_worker(loop_cfg: dict) -> dict[str, Any]:
             save_model_files(
                 model, Path(tmp) / FINAL_DIR, {"metrics": metrics, "generator": gen_info}
             )
-            ck = Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=ck)
+        env.report(metrics, tmp if rank == 0 else None)
     return out
 
 
