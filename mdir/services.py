@@ -642,6 +642,35 @@ def _refresh_ray_auth_config() -> None:
         pass
 
 
+#: ``ray start`` run through this shim: before the raylet starts, the agents' port files are
+#: written with the fixed ports we pass on the command line. The raylet otherwise aborts
+#: when the dashboard agent has not written them within a hard-coded ~15 s
+#: (ray-project/ray#65983), which a busy 2-core machine regularly misses; the agents bind
+#: exactly these ports and rewrite the same values when they are up.
+_RAY_START_SHIM = """
+import inspect, sys
+import ray._private.services as svc
+from ray._raylet import (DASHBOARD_AGENT_LISTEN_PORT_NAME, METRICS_AGENT_PORT_NAME,
+    METRICS_EXPORT_PORT_NAME, RUNTIME_ENV_AGENT_PORT_NAME, persist_port)
+_orig = svc.start_raylet
+_names = {"dashboard_agent_listen_port": DASHBOARD_AGENT_LISTEN_PORT_NAME,
+          "metrics_agent_port": METRICS_AGENT_PORT_NAME,
+          "metrics_export_port": METRICS_EXPORT_PORT_NAME,
+          "runtime_env_agent_port": RUNTIME_ENV_AGENT_PORT_NAME}
+def start_raylet(*a, **kw):
+    b = inspect.signature(_orig).bind(*a, **kw).arguments
+    for arg, name in _names.items():
+        port = b.get(arg)
+        if port:
+            persist_port(b["session_dir"], b["node_id"], name, int(port))
+    return _orig(*a, **kw)
+svc.start_raylet = start_raylet
+from ray.scripts.scripts import main
+sys.argv = ["ray"] + sys.argv[1:]
+sys.exit(main())
+"""
+
+
 def _ray_temp_dir(state_dir: Path) -> Path:
     cand = state_dir / "ray"
     if len(str(cand)) <= _MAX_RAY_TEMP_LEN:
@@ -665,7 +694,9 @@ def _ray_start_once(
     """One ``ray start --head`` attempt with fresh free ports; cleans up after itself on failure."""
     (gcs, dash, client, agent_listen, agent_grpc, rt_agent, metrics, nm, om) = _free_ports(9)
     cmd = [
-        _bin("ray"),
+        sys.executable,
+        "-c",
+        _RAY_START_SHIM,
         "start",
         "--head",
         "--node-ip-address=127.0.0.1",
