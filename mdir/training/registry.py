@@ -201,12 +201,15 @@ def list_models(client: Any = None, prefix: str = "mdir-") -> list[dict[str, Any
     client = client or MlflowClient()
     rows: list[dict[str, Any]] = []
     for rm in client.search_registered_models(filter_string=f"name LIKE '{prefix}%'"):
+        by_version: dict[str, list[str]] = {}
+        for alias, v in (client.get_registered_model(rm.name).aliases or {}).items():
+            by_version.setdefault(str(v), []).append(alias)
         for mv in client.search_model_versions(f"name = '{rm.name}'"):
             rows.append(
                 {
                     "name": rm.name,
                     "version": str(mv.version),
-                    "aliases": list(getattr(mv, "aliases", []) or []),
+                    "aliases": sorted(by_version.get(str(mv.version), [])),
                     "run_id": mv.run_id,
                     "metrics": {
                         k[len("metric.") :]: v
