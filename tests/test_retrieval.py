@@ -211,3 +211,107 @@ def test_mduit_style_translator_gets_references():
     assert seen["ref"] == (3, 3, 32, 32)  # one reference per translated image, at the padded size
     with pytest.raises(ValueError, match="reference"):
         GanAugmenter(_Ref(), needs_reference=True)
+
+
+# ---------------------------------------------------------------- evaluation wiring (metrics from mdir.metrics)
+
+
+class _ArrayStore:
+    """Stand-in `ImageStore` over in-memory metadata (images are never loaded here)."""
+
+    conditions = ["day", "night"]
+
+    def __init__(self, cond, place, pose):
+        self._m = {
+            "condition": np.asarray(cond),
+            "place": np.asarray(place),
+            "pose": np.asarray(pose, float),
+        }
+
+    def __len__(self):
+        return len(self._m["place"])
+
+    def ids(self):
+        return np.arange(len(self)) + 100  # row ids ≠ positions on purpose
+
+    def meta(self):
+        return dict(self._m)
+
+    def load(self, ids):  # pragma: no cover - not used
+        raise AssertionError
+
+
+def test_compute_metrics_on_hand_built_descriptors():
+    from mdir.retrieval.config import RetrievalEvalConfig
+    from mdir.retrieval.data import from_store
+    from mdir.retrieval.evaluate import EvalSet, compute_metrics
+
+    # rows 0-3: day database, places 0..3 (1 km apart); rows 4-6: queries night/day/night
+    pose = [[1000.0 * p, 0, 0, *_quat_z(0)] for p in range(4)]
+    qpose = [[0.3, 0, 0, *_quat_z(1)], [1000.0, 0, 0, *_quat_z(0)], [2004.0, 0, 0, *_quat_z(0)]]
+    store = _ArrayStore([0, 0, 0, 0, 1, 0, 1], [0, 1, 2, 3, 0, 1, 2], pose + qpose)
+    data = from_store(store, positives="place")
+    ecfg = RetrievalEvalConfig(
+        database_conditions=["day"], query_conditions=["night"], recall_n=[1, 2]
+    )
+    es = EvalSet.from_split(data, ecfg)
+    assert es.query_rows.tolist() == [4, 6]
+    es = EvalSet(
+        data=data,
+        db_rows=np.arange(4),
+        query_rows=np.array([4, 5, 6]),
+        is_night=np.array([True, False, True]),
+    )
+    db = np.eye(4)
+    # q4 → place 0 first (right); q5 → place 3 then place 1 (wrong at 1, right at 2); q6 → place 2
+    q = np.array([[1.0, 0, 0, 0], [0, 0.6, 0, 0.8], [0, 0, 1.0, 0]])
+    m = compute_metrics(q, db, es, ecfg)
+    assert (
+        m["recall_at_1/night"] == 1.0
+        and m["recall_at_1/day"] == 0.0
+        and m["recall_at_2/day"] == 1.0
+    )
+    assert m["recall_at_1/all"] == pytest.approx(2 / 3)
+    # revisited (trapezoidal) AP of q5, single positive at rank 2: (0/1 + 1/2) / 2 = 0.25
+    assert m["map"] == pytest.approx((1 + 0.25 + 1) / 3)
+    # localization from the top-1 pose: q4 is 0.3 m / 1° off (within 0.5 m, 5° but not 0.25 m, 2°),
+    # q6 is 4 m off (only 5 m, 10°); q5 retrieved the wrong place (1 km off)
+    assert m["loc/night/0.25m_2deg"] == 0.0
+    assert m["loc/night/0.5m_5deg"] == 0.5
+    assert m["loc/night/5m_10deg"] == 1.0
+    assert m["loc/day/5m_10deg"] == 0.0
+    # revisited ground truth path: junk ranked first is ignored, Hard uses the hard positives
+    es.gnd = [
+        {"easy": np.array([0]), "hard": np.array([], np.int64), "junk": np.array([], np.int64)},
+        {"easy": np.array([], np.int64), "hard": np.array([1]), "junk": np.array([3])},
+        {"easy": np.array([2]), "hard": np.array([], np.int64), "junk": np.array([], np.int64)},
+    ]
+    m = compute_metrics(q, db, es, ecfg)
+    assert m["map/hard"] == 1.0  # q5: junk (place 3) removed → hard positive first
+    assert m["map/easy"] == 1.0 and m["map/medium"] == 1.0
+
+
+def test_config_defaults_follow_the_papers():
+    from mdir.config import ConfigError
+    from mdir.retrieval.config import RetrievalJobConfig, load_retrieval_config
+
+    c = RetrievalJobConfig(data={"uri": "/x"})
+    assert (c.margin, c.lr, c.data.image_size, c.mining.neg_num, c.augment.probability) == (
+        0.85,
+        1e-6,
+        362,
+        5,
+        0.15,
+    )
+    assert (c.data.max_rotation_deg, c.data.max_translation_m, c.augment.pad_multiple) == (
+        8.0,
+        7.0,
+        256,
+    )
+    r = RetrievalJobConfig(data={"uri": "/x"}, model={"arch": "resnet50"})
+    assert (r.margin, r.lr) == (0.75, 5e-7)
+    assert c.model_name == "mdir-retrieval-x"
+    with pytest.raises(ConfigError, match="optim.batch_size|multiple of scaling.num_workers"):
+        load_retrieval_config(None, ["data.uri=/x", "optim.batch_size=5", "scaling.num_workers=2"])
+    with pytest.raises(ConfigError, match="augment.probability"):
+        load_retrieval_config(None, ["data.uri=/x", "augment.probability=1.5"])

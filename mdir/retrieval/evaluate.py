@@ -38,6 +38,13 @@ class EvalSet:
     db_rows: np.ndarray
     query_rows: np.ndarray
     is_night: np.ndarray  # bool per query
+    #: revisited Oxford/Paris ground truth per query: {"easy","hard","junk"} as indices into
+    #: `db_rows` (from the ingested layout); None = positives from the matching information
+    gnd: list[dict[str, np.ndarray]] | None = None
+    #: explicit positives per query (Tokyo 24/7: database images within pos_dist_thr metres)
+    pos_override: list[np.ndarray] | None = None
+    #: localization recall needs full poses (Tokyo 24/7 has no orientation)
+    localize: bool = True
 
     @classmethod
     def from_split(
@@ -71,21 +78,67 @@ class EvalSet:
     def open(
         cls, cfg: RetrievalJobConfig, image_size: int | None = None, uri: str | None = None
     ) -> EvalSet:
+        """Open the evaluation queries/database of `uri` (default ``data.uri``).
+
+        Datasets ingested from the evaluation layouts carry their own protocol: splits
+        ``query`` / ``db`` are used when the configured split does not exist (RobotCar
+        Seasons: ``train``, the queries with public poses, against the ``db`` reference), and
+        the ground truth comes from the manifest (revisited Oxford/Paris easy/hard/junk lists,
+        Tokyo 24/7 positives within ``pos_dist_thr`` metres); otherwise positives come from
+        the matching information (place ids / pose thresholds) as in training.
+        """
+        from mdir.data.manifest import read_manifest
         from mdir.data.store import ShardImageStore
+        from mdir.metrics.retrieval import positives_within
         from mdir.retrieval.data import ConcatStore, from_store
 
         d, e = cfg.data, cfg.eval
+        uri = uri or d.uri
         size = image_size or d.image_size
-        qstore = ShardImageStore(uri or d.uri, e.split, size)
+        m = read_manifest(uri)
+        layout = (m.extra or {}).get("layout", {}) or {}
+        q_split, db_split = e.split, e.database_split
+        db_conditions = list(e.database_conditions)
+        if q_split not in m.splits and {"query", "db"} <= set(m.splits):
+            q_split, db_split, db_conditions = "query", "db", []
+            if layout.get("dataset") == "robotcar_seasons" and "train" in m.splits:
+                q_split = "train"
+        qstore = ShardImageStore(uri, q_split, size)
         nq = None
         store = qstore
-        if e.database_split and e.database_split != e.split:
-            dbstore = ShardImageStore(
-                uri or d.uri, e.database_split, size, conditions=list(e.database_conditions)
-            )
+        dbstore = None
+        if db_split and db_split != q_split:
+            dbstore = ShardImageStore(uri, db_split, size, conditions=db_conditions or None)
             store, nq = ConcatStore([qstore, dbstore]), len(qstore)
         data = from_store(store, d.positives, d.max_translation_m, d.max_rotation_deg, None)
-        return cls.from_split(data, e, nq)
+        ecfg = e.model_copy(update={"database_conditions": db_conditions})
+        es = cls.from_split(data, ecfg, nq)
+        if "gnd" in layout and dbstore is not None:
+            db_index = {int(i): k for k, i in enumerate(dbstore.ids())}  # row id → db_rows index
+            q_ids = qstore.ids()
+            by_query = {int(g["query_id"]): g for g in layout["gnd"]}
+            es.gnd = [
+                {
+                    k: np.array(
+                        [
+                            db_index[i]
+                            for i in by_query.get(int(q_ids[q]), {}).get(k, [])
+                            if i in db_index
+                        ],
+                        np.int64,
+                    )
+                    for k in ("easy", "hard", "junk")
+                }
+                for q in es.query_rows
+            ]
+            es.localize = False
+        elif "pos_dist_thr" in layout:
+            pose = data.matching.pose
+            es.pos_override = positives_within(
+                pose[es.query_rows, :3], pose[es.db_rows, :3], float(layout["pos_dist_thr"])
+            )
+            es.localize = False
+        return es
 
     def positives(self) -> list[np.ndarray]:
         """Per query: indices into `db_rows` of its positives."""
@@ -107,7 +160,12 @@ def compute_metrics(
     _, ranks = search(
         dbvecs, qvecs, k=None, backend=ecfg.search, exact_max=ecfg.exact_max
     )  # [Q, N]
-    pos = es.positives()
+    if es.gnd is not None:
+        pos = [np.concatenate([g["easy"], g["hard"]]) for g in es.gnd]
+    elif es.pos_override is not None:
+        pos = [np.asarray(p, np.int64) for p in es.pos_override]
+    else:
+        pos = es.positives()
     has_pos = np.array([len(p) > 0 for p in pos])
     out: dict[str, float] = {
         "eval/queries": float(len(pos)),
@@ -126,7 +184,14 @@ def compute_metrics(
         r = recall_at_n(ranks[sel], [pos[i] for i in np.flatnonzero(sel)], ns)
         for n in ns:
             out[f"recall_at_{n}/{name}"] = float(r[n])
-    if has_pos.any():
+    if es.gnd is not None:
+        # revisited protocol: Easy / Medium / Hard, junk ignored
+        for proto in ("easy", "medium", "hard"):
+            m = revisited_map(ranks, es.gnd, proto)
+            out[f"map/{proto}"] = m["map"]
+            out.update({f"mp_at_{k[3:]}/{proto}": v for k, v in m.items() if k.startswith("mp@")})
+        out["map"] = out["map/medium"]
+    elif has_pos.any():
         empty = np.zeros(0, np.int64)
         gnd = [{"easy": pos[i], "hard": empty, "junk": empty} for i in np.flatnonzero(has_pos)]
         m = revisited_map(ranks[has_pos], gnd, "easy")
@@ -134,7 +199,7 @@ def compute_metrics(
         out.update({k.replace("@", "_at_"): v for k, v in m.items() if k.startswith("mp@")})
     poses = es.data.matching.pose
     qp, dp = poses[es.query_rows], poses[es.db_rows]
-    if np.isfinite(qp).all(axis=1).any():
+    if es.localize and np.isfinite(qp).all(axis=1).any():
         # the metric splits by condition name; map our night_conditions onto it
         conds = ["night" if n else "day" for n in es.is_night]
         loc = localization_recall(ranks, qp, dp, conds, LOC_THRESHOLDS)
