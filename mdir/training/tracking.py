@@ -76,6 +76,8 @@ class Tracker:
         self._thread: threading.Thread | None = None
         if self.enabled:
             configure_http(timeout_s, max_retries)
+            import mlflow.entities  # noqa: F401 - import once here, not inside a logging call
+
             self._thread = threading.Thread(target=self._worker, name="mdir-mlflow", daemon=True)
             self._thread.start()
 
