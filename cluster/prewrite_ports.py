@@ -1,0 +1,71 @@
+"""Start-up helper for cluster/local.sh on overloaded machines (not needed on an idle one).
+
+Ray 2.60's raylet waits a hard-coded ~15 s for its dashboard agent to write port files
+(`<session>/dashboard_agent_listen_port_<node_id>`, `metrics_agent_port_...`,
+`metrics_export_port_...`, `runtime_env_agent_port_...`) and aborts the node when they are late
+("Timed out waiting for file ..."). On 2 cores shared by many test runs the agent's imports alone
+take longer than that. local.sh chooses every agent port itself, so the values are known before
+the agent exists: this helper waits for the node's raylet to appear (matched by its --temp_dir),
+reads its node id and session dir from the command line and writes those files with the chosen
+ports, exactly as the agent will when it comes up (same values, same Ray function). The raylet
+then connects to the agent with its normal retries (RAY_agent_register_timeout_ms).
+
+Usage: prewrite_ports.py TEMP_DIR TIMEOUT_S listen=P grpc=P export=P runtime_env=P
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ray._raylet import (  # the Cython helpers the agents themselves use
+    DASHBOARD_AGENT_LISTEN_PORT_NAME,
+    METRICS_AGENT_PORT_NAME,
+    METRICS_EXPORT_PORT_NAME,
+    RUNTIME_ENV_AGENT_PORT_NAME,
+    persist_port,
+)
+
+NAMES = {
+    "listen": DASHBOARD_AGENT_LISTEN_PORT_NAME,
+    "grpc": METRICS_AGENT_PORT_NAME,
+    "export": METRICS_EXPORT_PORT_NAME,
+    "runtime_env": RUNTIME_ENV_AGENT_PORT_NAME,
+}
+
+
+def find_raylet(temp_dir: str) -> tuple[str, str] | None:
+    """(session_dir, node_id) of the raylet started with --temp_dir=temp_dir, if it runs."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not args or not args[0].endswith(b"raylet/raylet"):
+            continue
+        opts = dict(a.decode().split("=", 1) for a in args[1:] if a.startswith(b"--") and b"=" in a)
+        if opts.get("--temp_dir") == temp_dir and "--node_id" in opts:
+            return opts["--session_dir"], opts["--node_id"]
+    return None
+
+
+def main(argv: list[str]) -> int:
+    temp_dir, timeout = argv[0], float(argv[1])
+    ports = {k: int(v) for k, v in (a.split("=", 1) for a in argv[2:])}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = find_raylet(temp_dir)
+        if found:
+            session_dir, node_id = found
+            for key, port in ports.items():
+                persist_port(session_dir, node_id, NAMES[key], port)
+            return 0
+        time.sleep(0.2)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
