@@ -44,12 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     from mdir.retrieval.train import LaunchError, run_training
 
     try:
-        cfg = load_retrieval_config(args.config, args.overrides)
+        overrides = args.overrides + (["scaling.num_workers=1"] if args.local else [])
+        cfg = load_retrieval_config(args.config, overrides)
         if args.compare:
-            doc = run_compare(cfg)
+            doc = run_compare(cfg, local=args.local)
             print(format_table(doc), flush=True)
         else:
-            r = run_training(cfg)
+            r = run_training(cfg, local=args.local)
             doc = {
                 "run_id": r.run_id,
                 "model_uri": r.model_uri,

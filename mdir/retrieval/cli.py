@@ -32,6 +32,9 @@ def train(
     as_json: bool = typer.Option(
         False, "--json", help="Print only one JSON object with the result."
     ),
+    local: bool = typer.Option(
+        False, "--local", help="Run in this process without Ray (one worker; debugging)."
+    ),
 ) -> None:
     """Fine-tune the retrieval network (GeM + contrastive loss, hard negatives, Lw) with Ray Train.
 
@@ -44,13 +47,15 @@ def train(
     from mdir.retrieval.train import LaunchError, run_training
 
     try:
-        cfg = load_retrieval_config(config, override)
+        cfg = load_retrieval_config(
+            config, list(override) + (["scaling.num_workers=1"] if local else [])
+        )
         if compare:
-            doc = run_compare(cfg)
+            doc = run_compare(cfg, local=local)
             if not as_json:
                 typer.echo(format_table(doc))
         else:
-            r = run_training(cfg)
+            r = run_training(cfg, local=local)
             doc = {
                 "run_id": r.run_id,
                 "model_uri": r.model_uri,

@@ -34,8 +34,10 @@ TABLE_ROWS: tuple[tuple[str, str], ...] = (
 )
 
 
-def run_compare(cfg: RetrievalJobConfig) -> dict[str, Any]:
-    """Train baseline and GAN-augmented networks; return the comparison document."""
+def run_compare(cfg: RetrievalJobConfig, local: bool = False) -> dict[str, Any]:
+    """Train baseline and GAN-augmented networks; return the comparison document.
+
+    `local` runs both in this process (one worker, no Ray) — same numbers as a 1-worker run."""
     if not cfg.augment.generator:
         raise LaunchError(
             "--compare needs augment.generator (a models:/NAME@ALIAS of a registered generator)"
@@ -48,9 +50,17 @@ def run_compare(cfg: RetrievalJobConfig) -> dict[str, Any]:
         }
     )
     base = run_training(
-        base_cfg, run_name=f"{cfg.dataset_name}-baseline", tags={"mdir.compare": "baseline"}
+        base_cfg,
+        run_name=f"{cfg.dataset_name}-baseline",
+        tags={"mdir.compare": "baseline"},
+        local=local,
     )
-    gan = run_training(cfg, run_name=f"{cfg.dataset_name}-gan", tags={"mdir.compare": "gan"})
+    gan = run_training(
+        cfg,
+        run_name=f"{cfg.dataset_name}-gan",
+        tags={"mdir.compare": "gan"},
+        local=local,
+    )
     return comparison(base, gan, cfg)
 
 

@@ -336,8 +336,13 @@ def _save_checkpoint(directory: Path, model, optimizer, scheduler, epoch: int, s
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
+    # the training state never includes Lw: a resumed run re-learns it from the trained trunk
     save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        {
+            k: v.detach().cpu().contiguous()
+            for k, v in model.state_dict().items()
+            if not k.startswith("net.whiten.")
+        },
         str(directory / "model.safetensors"),
     )
     torch.save(
