@@ -213,7 +213,12 @@ class MemoryDataPlan(ShardDataPlan):
         import ray.train
 
         ctx = ray.train.get_context()
-        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        return self.local_batches(steps, device, ctx.get_world_rank(), ctx.get_world_size())
+
+    def local_batches(
+        self, steps: int, device: torch.device, rank: int = 0, world: int = 1
+    ) -> Iterator[dict[str, Tensor]]:
+        """The same batches outside Ray Train (plain-loop baseline of `mdir bench train`)."""
         if self._streams is None:
             self._streams = self._load_streams(rank, world)
         g = torch.Generator().manual_seed(self.seed * 1000003 + rank * 7919 + self._epoch)

@@ -176,6 +176,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     t_window, n_window = time.perf_counter(), 0
     t_start = time.perf_counter()
     steps_run = 0
+    t_first = t_start
+    steady_steps_per_s = 0.0
 
     def report(final: bool) -> None:
         nonlocal last_ckpt_step
@@ -185,6 +187,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "epoch": epoch,
             "resumed_from_step": resumed_from,
             "steps_this_attempt": steps_run,
+            "throughput/steps_per_s": steady_steps_per_s,
             **{f"loss/{k}": v for k, v in last_losses.items()},
             **last_metrics,
         }
@@ -233,6 +236,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             step += 1
             step_in_epoch += 1
             steps_run += 1
+            if steps_run == 1:
+                t_first = time.perf_counter()  # throughput excludes the first (warm-up) step
             n_window += 1
             last_losses = {k: float(v) for k, v in losses.items()}
             if rank == 0 and (step % cfg.train.log_every == 0 or step == total_steps):
@@ -287,6 +292,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             step_in_epoch = 0
         if step >= total_steps:
             break
+    if steps_run > 1:
+        steady_steps_per_s = (steps_run - 1) / max(time.perf_counter() - t_first, 1e-9)
     if rank == 0:
         elapsed = time.perf_counter() - t_start
         log.info(

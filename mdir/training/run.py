@@ -184,7 +184,17 @@ def ensure_ray(address: str | None = None) -> None:
             use_loopback()
         ray.init(address=addr, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
     else:
-        ray.init(runtime_env={"env_vars": env} if env else None, include_dashboard=False)
+        # A private head on 127.0.0.1 with its own token (a plain local ray.init() would
+        # write ~/.ray/auth_token and silently switch auth on for everyone's clusters);
+        # stopped when this process exits.
+        import atexit
+        import tempfile
+
+        from mdir.services import start_ray_head
+
+        head = start_ray_head(tempfile.mkdtemp(prefix="mdir-ray-"), num_cpus=os.cpu_count() or 2)
+        atexit.register(head.stop)
+        head.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True)
 
 
 def _storage(path: str) -> tuple[str, Any]:
