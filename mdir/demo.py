@@ -1,0 +1,495 @@
+"""`make demo`: local Ray + MLflow, synthetic data, a tiny MDUIT job, and where to look.
+
+    python -m mdir.demo up         # services (reused if running) → data → MDUIT job → results
+    python -m mdir.demo status     # what the demo started and whether it is up
+    python -m mdir.demo tune       # after `up`: tiny Tune sweep → leaderboard + champion
+    python -m mdir.demo retrieval  # after `up`: retrieval with vs without GAN augmentation
+    python -m mdir.demo down       # stop exactly what `up` started (by pid / process group)
+
+State (pids, ports, token, logs, MLflow DB and artifacts) lives in ``.mdir/demo/`` of the
+repository (``--state-dir`` / ``MDIR_DEMO_STATE``); data and run outputs in ``demo_out/``.
+The services come from :mod:`mdir.services`: a Ray head with token auth on 127.0.0.1
+(``ray job submit`` gets ``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN_PATH``) and an MLflow
+server (SQLite + local artifacts) on ``MDIR_MLFLOW_PORT`` (default 5000). An MLflow server
+that already answers on that port is used but never stopped by ``down``.
+
+Each job is submitted with ``ray job submit --working-dir <repo>`` (``.venv``, ``.git``,
+``.mdir``, ``demo_out``... excluded from the upload) and ``--runtime-env-json`` env_vars
+carrying MLFLOW_* / AWS_* / MDIR_DEMO_DATA; the head runs job drivers with the venv's
+Python. The jobs print a final result line (``MDIR_RESULT {...}`` for training, a JSON line
+for tune/retrieval) that the demo reads to show the model URI and the sample grid.
+Pieces that are not there yet (job files, configs, data code) are skipped with a message,
+never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from mdir import services
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="The local demo: Ray head + MLflow on 127.0.0.1, synthetic data, tiny jobs.",
+)
+
+#: Paths never uploaded with ``--working-dir`` (Ray also honours .gitignore).
+UPLOAD_EXCLUDES = [
+    ".venv",
+    ".git",
+    ".mdir",
+    "demo_out",
+    "bench_out",
+    "runs",
+    "tune_results",
+    "mlruns",
+    "mlartifacts",
+    ".pytest_cache",
+    ".ruff_cache",
+    "__pycache__",
+    "*.pyc",
+]
+
+MDUIT_JOB = "jobs/mduit.py"
+MDUIT_CONFIG = "jobs/configs/mduit_demo.yaml"
+TUNE_JOB = "jobs/tune.py"
+TUNE_SPACE = "tune_spaces/demo.yaml"
+RETRIEVAL_JOB = "jobs/retrieval.py"
+RETRIEVAL_CONFIG = "jobs/configs/retrieval_demo.yaml"
+
+#: Synthetic demo dataset: 32 px, 16 places x 4 poses x 5 conditions (320 images).
+SYNTH_ARGS: dict[str, Any] = {"places": 16, "size": 32, "seed": 0, "poses_per_place": 4}
+
+
+# ------------------------------------------------------------------ small helpers
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _step(i: int, n: int, msg: str) -> None:
+    _say(f"\n[{i}/{n}] {msg}")
+
+
+def _repo_root() -> Path:
+    """The checkout: the current dir when it holds the project, else the package's parent."""
+    cwd = Path.cwd()
+    if (cwd / "pyproject.toml").exists() and (cwd / "mdir").is_dir():
+        return cwd
+    return Path(__file__).resolve().parent.parent
+
+
+def _state_dir(state_dir: Path | None, root: Path) -> Path:
+    if state_dir is not None:
+        return state_dir.absolute()
+    env = os.environ.get("MDIR_DEMO_STATE")
+    return Path(env).absolute() if env else root / ".mdir" / "demo"
+
+
+def _out_dir(out: Path | None, root: Path) -> Path:
+    return out.absolute() if out is not None else root / "demo_out"
+
+
+def _mlflow_port(port: int | None) -> int:
+    if port is not None:
+        return port
+    return int(os.environ.get("MDIR_MLFLOW_PORT", "5000"))
+
+
+def _timed(fn, *a, **kw):
+    t0 = time.monotonic()
+    out = fn(*a, **kw)
+    return out, time.monotonic() - t0
+
+
+# ------------------------------------------------------------------ services
+
+
+def ensure_services(
+    state: Path, mlflow_port: int
+) -> tuple[services.RayHead, services.MLflowServer]:
+    """Start (or reuse) MLflow and the Ray head side by side; returns both handles."""
+    uri = f"http://127.0.0.1:{mlflow_port}"
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fut = pool.submit(_timed, services.start_mlflow, state, mlflow_port)
+        # workers inherit the head's env: point them at MLflow with bounded retries
+        head_env = {"MLFLOW_TRACKING_URI": uri, **services.MLFLOW_CLIENT_ENV}
+        head, dt = _timed(services.start_ray_head, state, num_cpus=4, env=head_env)
+        _say(f"  Ray head     {head.dashboard_url}  (GCS {head.address}, token auth)  [{dt:.0f} s]")
+        mlflow, dt = fut.result()
+    who = "reused, not ours" if not mlflow.owned else f"{dt:.0f} s"
+    _say(f"  MLflow       {mlflow.uri}  [{who}]")
+    return head, mlflow
+
+
+def _job_env(mlflow: services.MLflowServer | None, data_uri: str | None) -> dict[str, str]:
+    extra: dict[str, str] = {}
+    if mlflow is not None:
+        extra.update(mlflow.env)
+    if data_uri:
+        extra["MDIR_DEMO_DATA"] = data_uri
+    extra.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    return services.forward_env(extra)
+
+
+def submit_job(
+    head: services.RayHead,
+    root: Path,
+    entrypoint: list[str],
+    env_vars: dict[str, str],
+    log_file: Path,
+) -> tuple[int, str]:
+    """``ray job submit`` (waits, streams the driver's output here and to ``log_file``)."""
+    renv = {"env_vars": env_vars, "excludes": UPLOAD_EXCLUDES}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    if not Path(ray_bin).exists():
+        ray_bin = shutil.which("ray") or "ray"
+    cmd = [
+        ray_bin,
+        "job",
+        "submit",
+        "--address",
+        head.dashboard_url,
+        "--working-dir",
+        str(root),
+        "--runtime-env-json",
+        json.dumps(renv),
+        "--",
+        *entrypoint,
+    ]
+    _say(
+        "  $ ray job submit --address "
+        + head.dashboard_url
+        + " --working-dir . -- "
+        + " ".join(entrypoint)
+    )
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(
+            cmd,
+            env=head.client_env(),
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            lines.append(line)
+            sys.stdout.write("  | " + line)
+            sys.stdout.flush()
+        rc = proc.wait()
+    return rc, "".join(lines)
+
+
+def _last_json(text: str) -> dict[str, Any] | None:
+    """The last line of ``text`` that parses as a JSON object (``MDIR_RESULT`` prefix ok)."""
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("MDIR_RESULT "):
+            line = line[len("MDIR_RESULT ") :]
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                return obj
+    return None
+
+
+# ------------------------------------------------------------------ data
+
+
+def make_data(out: Path) -> tuple[str | None, str | None]:
+    """Synthesize (or reuse) the demo dataset and inspect it: (dataset uri, grid path)."""
+    data = out / "synth"
+    try:
+        from mdir.data.synth import synthesize
+    except ImportError as e:  # the data layer has not landed in this checkout
+        _say(f"  data layer not available ({e}); skipping the synthetic dataset")
+        return None, None
+    try:
+        from mdir.data.manifest import read_manifest
+
+        manifest = read_manifest(str(data)) if (data / "manifest.json").exists() else None
+    except Exception:  # noqa: BLE001 — unreadable old manifest: regenerate
+        manifest = None
+    if manifest is None or manifest.rows == 0:
+        args = ", ".join(f"{k}={v}" for k, v in SYNTH_ARGS.items())
+        _say(f"  rendering synthetic places ({args}) → {data}")
+        manifest, dt = _timed(synthesize, str(data), **SYNTH_ARGS)
+        _say(f"  wrote {manifest.rows} images in {len(manifest.shards)} shard(s) [{dt:.0f} s]")
+    else:
+        _say(f"  reusing {data} ({manifest.rows} images)")
+    counts = manifest.condition_counts() if hasattr(manifest, "condition_counts") else {}
+    if counts:
+        _say("  per condition: " + ", ".join(f"{c}={n}" for c, n in counts.items()))
+    grid_path: str | None = None
+    try:
+        from PIL import Image
+
+        from mdir.data.inspect import contact_sheet
+
+        grid = out / "synth_grid.png"
+        Image.fromarray(contact_sheet(str(data), per_condition=6)).save(grid)
+        grid_path = str(grid)
+        _say(f"  contact sheet (one row per condition): {grid}")
+    except Exception as e:  # noqa: BLE001 — inspection is a nicety
+        _say(f"  (no contact sheet: {e})")
+    return str(data), grid_path
+
+
+# ------------------------------------------------------------------ commands
+
+
+StateOpt = typer.Option(
+    None, "--state-dir", help="Where pids, ports, token, logs, MLflow DB live (default .mdir/demo)."
+)
+OutOpt = typer.Option(None, "--out", help="Data and run outputs (default demo_out/).")
+PortOpt = typer.Option(
+    None, "--mlflow-port", help="MLflow port (default $MDIR_MLFLOW_PORT or 5000)."
+)
+
+
+@app.command()
+def up(
+    state_dir: Path | None = StateOpt,
+    out: Path | None = OutOpt,
+    mlflow_port: int | None = PortOpt,
+    skip_job: bool = typer.Option(
+        False, "--skip-job", help="Start services and make the data, but submit no training job."
+    ),
+) -> None:
+    """Start Ray + MLflow (unless running), make the data, train a tiny MDUIT, show results."""
+    root = _repo_root()
+    state = _state_dir(state_dir, root)
+    outd = _out_dir(out, root)
+    outd.mkdir(parents=True, exist_ok=True)
+    port = _mlflow_port(mlflow_port)
+    n = 4
+    t0 = time.monotonic()
+    _step(1, n, f"services (state in {state})")
+    try:
+        head, mlflow = ensure_services(state, port)
+    except services.ServiceError as e:
+        _say(f"  could not start the services: {e}")
+        raise typer.Exit(1) from e
+    _step(2, n, "synthetic dataset")
+    data_uri, grid = make_data(outd)
+    if data_uri is None:
+        _say("\nThe demo stops here: no dataset. Services are left running (`make demo-down`).")
+        return
+    result: dict[str, Any] = {
+        "ray_dashboard": head.dashboard_url,
+        "ray_address": head.address,
+        "mlflow_ui": mlflow.uri,
+        "dataset": data_uri,
+        "dataset_grid": grid,
+    }
+    _step(3, n, "MDUIT training job (ray job submit)")
+    missing = [p for p in (MDUIT_JOB, MDUIT_CONFIG) if not (root / p).exists()]
+    if skip_job or missing:
+        why = "--skip-job" if skip_job else f"not in this checkout yet: {', '.join(missing)}"
+        _say(f"  skipped ({why}). The dataset above is ready for it.")
+    else:
+        run_name = time.strftime("demo-%Y%m%d-%H%M%S")
+        entry = [
+            "python",
+            MDUIT_JOB,
+            "--config",
+            MDUIT_CONFIG,
+            f"data.uri={data_uri}",
+            f"storage.path={outd / 'runs'}",
+            f"storage.name={run_name}",
+        ]
+        rc, text = submit_job(head, root, entry, _job_env(mlflow, data_uri), outd / "mduit_job.log")
+        job = _last_json(text) or {}
+        result["job"] = {"rc": rc, "log": str(outd / "mduit_job.log"), **job}
+        if rc != 0 or job.get("error"):
+            _write_result(outd, result)
+            _say(f"\n  the training job failed (exit {rc}): see {outd / 'mduit_job.log'}")
+            raise typer.Exit(1)
+    _step(4, n, f"done in {time.monotonic() - t0:.0f} s — where to look")
+    _write_result(outd, result)
+    _print_summary(result, head, state)
+
+
+def _write_result(outd: Path, result: dict[str, Any]) -> None:
+    (outd / "demo_result.json").write_text(json.dumps(result, indent=2, default=str))
+
+
+def _print_summary(result: dict[str, Any], head: services.RayHead, state: Path) -> None:
+    job = result.get("job") or {}
+    _say(f"  MLflow UI         {result['mlflow_ui']}  (experiment mdir-demo)")
+    _say(f"  Ray dashboard     {head.dashboard_url}  (token: {head.token_path})")
+    if job:
+        _say(
+            f"  registered model  {job.get('model_uri') or '(not registered: MLflow unreachable?)'}"
+        )
+        _say(f"  sample grid       {job.get('sample_grid') or '(none)'}")
+        metrics = job.get("metrics") or {}
+        if metrics:
+            shown = ", ".join(
+                f"{k}={v:.4g}" for k, v in list(metrics.items())[:6] if isinstance(v, float | int)
+            )
+            _say(f"  metrics           {shown}")
+    _say(f"  dataset           {result['dataset']}  (grid: {result.get('dataset_grid')})")
+    _say(f"  summary           {Path(result['dataset']).parent / 'demo_result.json'}")
+    _say(
+        "\nServices keep running. Next: `make demo-tune`, `make demo-retrieval`; stop with `make demo-down`."
+    )
+    _say(
+        "From a shell: export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="
+        f"{head.token_path}; ray job list --address {head.dashboard_url}"
+    )
+
+
+@app.command()
+def down(state_dir: Path | None = StateOpt) -> None:
+    """Stop exactly what `up` started (state files in --state-dir); nothing else."""
+    state = _state_dir(state_dir, _repo_root())
+    stopped = []
+    for name in ("ray.json", "mlflow.json", "s3.json"):
+        f = state / name
+        data = services.load_state(f)
+        if data and services.stop_from_state(f):
+            stopped.append(f"{data.get('kind', name)} (pgid {data.get('pgid')})")
+    if stopped:
+        _say("stopped: " + ", ".join(stopped))
+    else:
+        _say(f"nothing to stop (no state files in {state})")
+
+
+@app.command()
+def status(state_dir: Path | None = StateOpt) -> None:
+    """Show what the demo started and whether it answers."""
+    state = _state_dir(state_dir, _repo_root())
+    any_ = False
+    for name, cls in (("ray.json", services.RayHead), ("mlflow.json", services.MLflowServer)):
+        data = services.load_state(state / name)
+        if not data:
+            continue
+        any_ = True
+        data.pop("kind", None)
+        svc = cls(**data)
+        ok = svc.healthy()
+        where = svc.dashboard_url if isinstance(svc, services.RayHead) else svc.uri
+        _say(f"{name[:-5]:7s} {'up' if ok else 'DOWN'}  {where}  pids={svc.alive_pids()}")
+    if not any_:
+        _say(f"the demo has started nothing (no state files in {state})")
+
+
+def _ensure_for_followup(
+    state_dir: Path | None, out: Path | None, mlflow_port: int | None
+) -> tuple[Path, Path, services.RayHead, services.MLflowServer, str | None]:
+    root = _repo_root()
+    state = _state_dir(state_dir, root)
+    outd = _out_dir(out, root)
+    outd.mkdir(parents=True, exist_ok=True)
+    _step(1, 3, "services")
+    head, mlflow = ensure_services(state, _mlflow_port(mlflow_port))
+    _step(2, 3, "synthetic dataset")
+    data_uri, _ = make_data(outd)
+    return root, outd, head, mlflow, data_uri
+
+
+@app.command()
+def tune(
+    state_dir: Path | None = StateOpt,
+    out: Path | None = OutOpt,
+    mlflow_port: int | None = PortOpt,
+) -> None:
+    """Run the tiny Tune sweep (tune_spaces/demo.yaml): leaderboard + champion model URI."""
+    root = _repo_root()
+    missing = [p for p in (TUNE_JOB, TUNE_SPACE) if not (root / p).exists()]
+    if missing:
+        _say(f"The Tune demo is not in this checkout yet ({', '.join(missing)}); nothing to do.")
+        return
+    root, outd, head, mlflow, data_uri = _ensure_for_followup(state_dir, out, mlflow_port)
+    if data_uri is None:
+        _say("no dataset: the Tune demo needs the data layer")
+        return
+    _step(3, 3, "Tune sweep (ray job submit)")
+    entry = ["python", TUNE_JOB, "--space", TUNE_SPACE, "--storage", str(outd / "tune")]
+    rc, text = submit_job(head, root, entry, _job_env(mlflow, data_uri), outd / "tune_job.log")
+    res = _last_json(text) or {}
+    (outd / "tune_result.json").write_text(json.dumps(res, indent=2, default=str))
+    if rc != 0:
+        _say(f"\nthe sweep failed (exit {rc}): see {outd / 'tune_job.log'}")
+        raise typer.Exit(1)
+    board = res.get("leaderboard") or []
+    if board:
+        _say("\nleaderboard:")
+        for i, row in enumerate(board[:10], 1):
+            _say(f"  {i:2d}. " + json.dumps(row, default=str)[:160])
+    champ = res.get("champion_uri") or res.get("champion") or res.get("model_uri")
+    _say(f"champion: {champ}")
+    _say(f"MLflow UI: {mlflow.uri}   result: {outd / 'tune_result.json'}")
+
+
+@app.command()
+def retrieval(
+    state_dir: Path | None = StateOpt,
+    out: Path | None = OutOpt,
+    mlflow_port: int | None = PortOpt,
+) -> None:
+    """Retrieval fine-tuning with vs without the demo's generator as augmentation."""
+    root = _repo_root()
+    missing = [p for p in (RETRIEVAL_JOB, RETRIEVAL_CONFIG) if not (root / p).exists()]
+    if missing:
+        _say(
+            f"The retrieval demo is not in this checkout yet ({', '.join(missing)}); nothing to do."
+        )
+        return
+    root, outd, head, mlflow, data_uri = _ensure_for_followup(state_dir, out, mlflow_port)
+    if data_uri is None:
+        _say("no dataset: the retrieval demo needs the data layer")
+        return
+    _step(3, 3, "retrieval comparison (ray job submit)")
+    entry = [
+        "python",
+        RETRIEVAL_JOB,
+        "--compare",
+        "--config",
+        RETRIEVAL_CONFIG,
+        "--set",
+        f"data.uri={data_uri}",
+        "--set",
+        f"storage.path={outd / 'runs'}",
+    ]
+    rc, text = submit_job(head, root, entry, _job_env(mlflow, data_uri), outd / "retrieval_job.log")
+    res = _last_json(text) or {}
+    (outd / "retrieval_result.json").write_text(json.dumps(res, indent=2, default=str))
+    if rc == 2:
+        _say(
+            "\nthe retrieval job refused its config (exit 2) — did `make demo` register a generator?"
+        )
+        raise typer.Exit(1)
+    if rc != 0:
+        _say(f"\nthe retrieval job failed (exit {rc}): see {outd / 'retrieval_job.log'}")
+        raise typer.Exit(1)
+    _say(f"\nresult: {outd / 'retrieval_result.json'}   MLflow UI: {mlflow.uri}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
