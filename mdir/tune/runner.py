@@ -318,7 +318,9 @@ def run_sweep(
             ),
         )
     grid = tuner.fit()
-    rows = collect_rows(grid, space, tracking_uri, parent_run_id, completed_trials(path))
+    rows = collect_rows(grid, space, tracking_uri, parent_run_id, completed_trials(path), name)
+    if tracking_uri:
+        _close_stopped_runs(tracking_uri, rows)
     rows = sort_rows(rows, space.metric.mode)
     result = SweepResult(
         name=name,
@@ -352,6 +354,7 @@ def collect_rows(
     tracking_uri: str | None,
     parent_run_id: str | None,
     completed: set[str],
+    name: str = "",
 ) -> list[Row]:
     """One leaderboard row per Tune result (best evaluation point of each trial)."""
     from mdir.tune.space import Trial
@@ -381,7 +384,9 @@ def collect_rows(
         steps = max(
             (int(h["step"]) for h in history if h.get("step") is not None), default=len(history)
         )
-        run_id, model_uri = runs.get(trial_id, (None, None))
+        run_id, model_uri = (
+            runs.get(trial_id) or runs.get(f"{name}-{trial.index:03d}") or (None, None)
+        )
         reported = [h for h in history if isinstance(h.get("mlflow_run_id"), str)]
         if reported:  # the training job's final report names its run
             run_id = reported[-1]["mlflow_run_id"]
@@ -421,7 +426,10 @@ def _version_uri(tracking_uri: str, run_id: str) -> str | None:
 
 
 def _child_runs(tracking_uri: str, parent_run_id: str) -> dict[str, tuple[str, str | None]]:
-    """trial id → (child run id, latest registered model URI of that run)."""
+    """trial id and run name → (child run id, latest registered model URI of that run).
+
+    Trials stopped by ASHA never finish their MLflow run: they are closed here as KILLED
+    (tag ``mdir.tune.stopped_early``), so the UI does not show them running forever."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -433,11 +441,28 @@ def _child_runs(tracking_uri: str, parent_run_id: str) -> dict[str, tuple[str, s
         max_results=1000,
     )
     for run in children:
-        tid = run.data.tags.get(TRIAL_TAG)
-        if not tid:
-            continue
-        out[tid] = (run.info.run_id, _version_uri(tracking_uri, run.info.run_id))
+        entry = (run.info.run_id, _version_uri(tracking_uri, run.info.run_id))
+        if run.data.tags.get(TRIAL_TAG):
+            out[run.data.tags[TRIAL_TAG]] = entry
+        if run.info.run_name and run.info.run_name not in out:
+            out[run.info.run_name] = entry
     return out
+
+
+def _close_stopped_runs(tracking_uri: str, rows: list[Row]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for r in rows:
+        if r.run_id and r.status in ("stopped", "error"):
+            try:
+                if client.get_run(r.run_id).info.status == "RUNNING":
+                    client.set_tag(
+                        r.run_id, "mdir.tune.stopped_early", str(r.status == "stopped").lower()
+                    )
+                    client.set_terminated(r.run_id, "KILLED" if r.status == "stopped" else "FAILED")
+            except Exception:  # noqa: BLE001 - cosmetic; never fail the sweep over it
+                pass
 
 
 def _finish_parent(

@@ -8,8 +8,8 @@ the real training job — in seconds instead of minutes. Keys it reads (all opti
 
 ``toy.lr`` SGD step, ``toy.target`` optimum, ``toy.evals`` evaluation points,
 ``toy.steps_per_eval`` steps between them, ``toy.fail`` raise at that evaluation point
-("always" on every attempt, "once" only on the first attempt), ``toy.sleep`` seconds per
-evaluation point (to make trials overlap).
+(-1: in the trial itself, before the TorchTrainer starts), ``toy.fail_mode`` "always" on
+every attempt or "once" only on the first, ``toy.sleep`` seconds per evaluation point.
 """
 
 from __future__ import annotations

@@ -151,6 +151,8 @@ def _run_toy(space: Any, trial: Any, sweep: dict[str, Any], trial_id: str) -> No
     with open(marker / "starts", "a") as f:
         f.write("start\n")
     run_id = _child_run(sweep, trial, trial_id, trial.params)
+    if settings["fail"] is not None and int(settings["fail"]) < 0:
+        raise RuntimeError("toy trial asked to fail before training")
     r = space.resources_per_trial
     trainer = TorchTrainer(
         toy_train_loop,
