@@ -119,7 +119,8 @@ start_node() {  # start_node NAME CPUS EXTRA_ARGS... ; each node has its own tem
         runtime_env="${ports[1]}" export="${ports[2]}" grpc="${ports[3]}" >/dev/null 2>&1 &
       helper=$!
     fi
-    if MDIR_LC_MARK="$STATE" MDIR_LC_NODE="$STATE/$name" \
+    # PATH: `ray job submit -- python ...` must find the project's python (the venv of $RAY)
+    if PATH="$(dirname "$RAY"):$PATH" MDIR_LC_MARK="$STATE" MDIR_LC_NODE="$STATE/$name" \
       RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$STATE/token" \
       RAY_agent_register_timeout_ms="${RAY_agent_register_timeout_ms:-120000}" \
       RAY_worker_register_timeout_seconds="${RAY_worker_register_timeout_seconds:-120}" \
