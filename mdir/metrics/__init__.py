@@ -17,7 +17,8 @@ Public names (contract; imported lazily so that `mdir --help` stays fast):
   `kid_std`, `is`, `is_std`, `prd_f8`, `prd_f1_8` (+ `ssim`, `ms_ssim` when paired); with
   random features each feature key gets the suffix `_random_inception`.
 - `metric_key(base, extractor_label)` (`mdir.metrics.naming`) — builds those keys;
-  `FEATURE_EXTRACTOR_TAG` = "mdir.feature_extractor" is the MLflow tag to set.
+  `FEATURE_EXTRACTOR_TAG` = "mdir.feature_extractor" is the MLflow tag to set, with the
+  value `feature_extractor_tag(cfg)` (label + weight source).
 - `revisited_map(ranks, gnd, protocol)`, `recall_at_n(ranks, positives, ns)`,
   `positives_within(...)`, `localization_recall(ranks, query_poses, db_poses,
   query_conditions, thresholds, top_k)` (`mdir.metrics.retrieval`); `ranks` is
@@ -42,6 +43,7 @@ _EXPORTS = {
     "evaluate_translation_detailed": "mdir.metrics.gan",
     "compute_image_metrics": "mdir.metrics.gan",
     "GanEvalResult": "mdir.metrics.gan",
+    "feature_extractor_tag": "mdir.metrics.gan",
     "metric_key": "mdir.metrics.naming",
     "STANDARD_LABEL": "mdir.metrics.naming",
     "RANDOM_LABEL": "mdir.metrics.naming",

@@ -65,6 +65,14 @@ def get_extractor(cfg: EvalConfig) -> FeatureExtractor:
     return ext
 
 
+def feature_extractor_tag(cfg: EvalConfig) -> str:
+    """Value for the MLflow tag `mdir.feature_extractor` (naming.MLFLOW_TAG) of runs that
+    log `evaluate_translation` metrics: label and weight source of the extractor `cfg`
+    selects, e.g. "random_inception: random init (seed 0); NOT the FID network"."""
+    ext = get_extractor(cfg)
+    return f"{ext.label}: {ext.source}"
+
+
 def to_uint8_nhwc(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """uint8 [N, H, W, 3] from a uint8 array/tensor in NHWC or NCHW layout."""
     if isinstance(images, list | tuple):
