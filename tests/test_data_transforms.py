@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from mdir.data.transforms import augment, crop_resize, random_square_boxes, to_model_range
 
@@ -61,3 +62,48 @@ def test_paired_augmentation_identical_for_both_images():
         list(imgs), mode="resize", size=10, scale_min=0.6, flip=False, rng=np.random.default_rng(1)
     )
     assert r.shape == (6, 3, 10, 10)
+
+
+def test_worker_stages_do_not_import_torch_and_augment_pairs_identically():
+    import subprocess
+    import sys
+
+    code = "import sys, mdir.data.stages; print('torch' in sys.modules)"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "False"
+    )
+    from mdir.data.stages import augment_stage
+
+    imgs = np.random.default_rng(0).integers(0, 256, (5, 20, 30, 3), dtype=np.uint8)
+    batch = {
+        "id": np.arange(5),
+        "condition": np.zeros(5, np.int64),
+        "place": np.arange(5),
+        "image": imgs,
+        "image_b": imgs.copy(),
+    }
+    out = augment_stage(
+        batch,
+        key="A",
+        mode="scale_crop_flip",
+        size=12,
+        scale_min=0.6,
+        flip=True,
+        seed=1,
+        paired=True,
+    )
+    assert out["A"].shape == (5, 3, 12, 12) and out["A"].dtype == np.uint8
+    assert np.array_equal(out["A"], out["B"]) and np.array_equal(out["A_id"], out["B_id"])
+    assert sorted(out["A_id"].tolist()) == list(range(5))
+    full = augment_stage(
+        batch, key="A", mode="resize", size=30, scale_min=1.0, flip=False, seed=1, paired=False
+    )
+    # resize mode at the image's own width: rows are permuted but pixels untouched
+    k = int(np.flatnonzero(full["A_id"] == 2)[0])
+    ref = np.asarray(
+        Image.fromarray(imgs[2]).resize((30, 30), Image.Resampling.BILINEAR)
+    ).transpose(2, 0, 1)
+    assert np.array_equal(full["A"][k], ref)

@@ -56,7 +56,14 @@ class DataConfig(StrictModel):
         description="Decoded images are downscaled so their short side is at most this (0 = "
         "ceil(image_size / scale_min) for scale_crop_flip, image_size for resize): saves memory and time.",
     )
-    parallelism: int = Field(2, ge=1, description="Concurrent Ray Data tasks for decode / augment.")
+    parallelism: int = Field(
+        2, ge=1, description="Concurrent Ray Data tasks per stage (decode, augment)."
+    )
+    task_cpus: float = Field(
+        0.5,
+        gt=0.0,
+        description="CPUs reserved per Ray Data task (0.5 leaves room next to Train workers on small machines).",
+    )
     shuffle_buffer: int = Field(
         256, ge=0, description="Local shuffle buffer (rows) per worker; 0 = off."
     )

@@ -2,11 +2,13 @@
 
 Training pipeline (one per stream)::
 
-    read_parquet(shards in manifest) → decode_stage (filter split/conditions, batched
-    JPEG decode, shrink to cache side) → [materialize: decoded images cached in the object
-    store] → randomize_block_order → augment_stage (roi_align crop+resize, flip; uint8)
-    → DataIterator.iter_torch_batches → `iter_train_batches` (exact batch size, cycling,
-    normalise to [-1, 1], move to device)
+    row groups of the shards in the manifest → read_decode_stage (read the Parquet row
+    group, filter split/conditions, decode, shrink to the cache side) → [materialize:
+    decoded images cached in the object store] → randomize_block_order → augment_stage
+    (random square crop + resize, flip; uint8) → DataIterator.iter_torch_batches →
+    `iter_train_batches` (exact batch size, cycling, normalise to [-1, 1], to device)
+
+The stages live in `mdir.data.stages` (no torch in Ray workers: less memory, fast start).
 
 Streams (`make_train_datasets`):
     unpaired → {"A": domain_a conditions, "B": domain_b conditions}  (CycleGAN)
@@ -36,16 +38,9 @@ from mdir.data import io
 from mdir.data.config import DataConfig
 from mdir.data.images import decode_rgb
 from mdir.data.manifest import Manifest, read_manifest
-from mdir.data.shards import iter_tables
-from mdir.data.transforms import (
-    augment,
-    decode_many,
-    resize_exact,
-    resize_short_side,
-    to_model_range,
-)
-
-DECODE_BATCH = 32
+from mdir.data.shards import ROW_GROUP_SIZE, iter_tables
+from mdir.data.stages import augment_stage, read_decode_stage
+from mdir.data.transforms import to_model_range
 
 
 def resolve_domains(manifest: Manifest, cfg: DataConfig) -> tuple[list[str], list[str]]:
@@ -57,107 +52,12 @@ def resolve_domains(manifest: Manifest, cfg: DataConfig) -> tuple[list[str], lis
     return a, b
 
 
-# ---------------------------------------------------------------- stages (run in Ray tasks)
-
-
-def decode_stage(
-    batch: pa.Table,
-    *,
-    split: str | None,
-    conditions: list[str] | None,
-    all_conditions: list[str],
-    cache_side: int,
-    exact: bool,
-    paired: bool,
-) -> dict[str, Any]:
-    """Filter rows, decode the bytes once, shrink to the cache size; drops binary columns
-    (iter_torch_batches rejects them)."""
-    mask = None
-    if split is not None:
-        mask = pc.equal(batch["split"], split)
-    if conditions:
-        m2 = pc.is_in(batch["condition"], value_set=pa.array(conditions))
-        mask = m2 if mask is None else pc.and_(mask, m2)
-    if mask is not None:
-        batch = batch.filter(mask)
-    index = {c: i for i, c in enumerate(all_conditions)}
-    out: dict[str, Any] = {
-        "id": batch["id"].to_numpy().astype(np.int64),
-        "condition": np.array([index.get(c, -1) for c in batch["condition"].to_pylist()], np.int64),
-        "place": batch["place"].to_numpy().astype(np.int64),
-    }
-    cols = ["image", "image_b"] if paired else ["image"]
-    for col in cols:
-        imgs = decode_many(batch[col].to_pylist())
-        imgs = [
-            resize_exact(t, cache_side) if exact else resize_short_side(t, cache_side) for t in imgs
-        ]
-        out[col] = _as_column(imgs)
-    return out
-
-
-def _as_column(imgs: list[torch.Tensor]) -> np.ndarray:
-    if imgs and len({tuple(t.shape) for t in imgs}) == 1:
-        return torch.stack(imgs).numpy()
-    arr = np.empty(len(imgs), dtype=object)  # variable shapes → Ray's variable-shaped tensor
-    for i, t in enumerate(imgs):
-        arr[i] = t.numpy()
-    return arr
-
-
-def _as_tensors(col: Any) -> torch.Tensor | list[torch.Tensor]:
-    if isinstance(col, np.ndarray) and col.dtype != object:
-        return torch.from_numpy(np.ascontiguousarray(col))
-    return [torch.from_numpy(np.ascontiguousarray(x)) for x in col]
-
-
-def augment_stage(
-    batch: dict[str, np.ndarray],
-    *,
-    key: str,
-    mode: str,
-    size: int,
-    scale_min: float,
-    flip: bool,
-    seed: int | None,
-    paired: bool,
-) -> dict[str, np.ndarray]:
-    """Random crop / resize / flip of decoded uint8 images; output columns prefixed by `key`."""
-    ids = batch["id"]
-    rng = np.random.default_rng(
-        None if seed is None else [seed, int(ids[0]) if len(ids) else 0, len(ids)]
-    )
-    perm = rng.permutation(len(ids))  # shuffle within the batch (blocks are shuffled by order)
-    batch = {k: v[perm] for k, v in batch.items()}
-    ids = batch["id"]
-    a, b = augment(
-        _as_tensors(batch["image"]),
-        mode=mode,
-        size=size,
-        scale_min=scale_min,
-        flip=flip,
-        rng=rng,
-        extra=_as_tensors(batch["image_b"]) if paired else None,
-    )
-    out = {
-        key: a.numpy(),
-        f"{key}_id": ids,
-        f"{key}_condition": batch["condition"],
-        f"{key}_place": batch["place"],
-    }
-    if paired and b is not None:
-        out["B"] = b.numpy()
-        out["B_id"] = ids
-        out["B_condition"] = batch["condition"]
-        out["B_place"] = batch["place"]
-    return out
-
-
 # ---------------------------------------------------------------- datasets
 
 
 def read_shards_dataset(manifest: Manifest, columns: list[str], parallelism: int = 2):
-    """`ray.data.read_parquet` over exactly the shards listed in the manifest."""
+    """`ray.data.read_parquet` over exactly the shards listed in the manifest (for
+    consumers that want raw rows; the training pipeline reads row groups itself)."""
     import ray.data
 
     uris = manifest.shard_uris()
@@ -170,6 +70,17 @@ def read_shards_dataset(manifest: Manifest, columns: list[str], parallelism: int
     )
 
 
+def row_group_items(manifest: Manifest) -> list[dict[str, Any]]:
+    """One work item per Parquet row group of every shard in the manifest (shards are
+    written with `ROW_GROUP_SIZE` rows per group), so decoding parallelises finely."""
+    items = []
+    for shard, uri in zip(manifest.shards, manifest.shard_uris(), strict=True):
+        _, path = io.get_fs(uri)
+        for rg in range(-(-shard.rows // ROW_GROUP_SIZE)):
+            items.append({"path": path, "row_group": rg})
+    return items
+
+
 def decoded_dataset(
     manifest: Manifest,
     split: str | None,
@@ -177,15 +88,22 @@ def decoded_dataset(
     cfg: DataConfig,
     paired: bool = False,
 ):
-    """read → decode (→ materialize): decoded uint8 CHW images with id/condition/place."""
-    cols = ["id", "image", "condition", "place", "split"] + (["image_b"] if paired else [])
-    ds = read_shards_dataset(manifest, cols, cfg.parallelism)
+    """row groups → read + filter + decode (→ materialize): uint8 HWC images with
+    id / condition / place. Runs in Ray tasks; the driver only lists row groups."""
+    import ray.data
+
+    items = row_group_items(manifest)
+    if not items:
+        raise io.DataPathError(f"dataset {manifest.uri!r} has no shards")
+    fs, _ = io.get_fs(manifest.uri)
     exact = cfg.augment == "resize"
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
-        decode_stage,
-        batch_format="pyarrow",
-        batch_size=DECODE_BATCH,
+        read_decode_stage,
+        batch_format="numpy",
+        batch_size=None,
         fn_kwargs={
+            "fs": fs,
             "split": split,
             "conditions": conditions,
             "all_conditions": list(manifest.conditions),
@@ -194,15 +112,10 @@ def decoded_dataset(
             "paired": paired,
         },
         compute=_tasks(cfg.parallelism),
-        num_cpus=0.5,
+        num_cpus=cfg.task_cpus,
     )
     if cfg.materialize:
-        # Several blocks per worker so that randomize_block_order shuffles and every
-        # worker of streaming_split gets work.
-        rows = manifest.count(split, conditions)
-        ds = ds.repartition(
-            max(2 * cfg.parallelism, min(rows // 64, 256)), shuffle=False
-        ).materialize()
+        ds = ds.materialize()
     return ds
 
 
@@ -212,15 +125,13 @@ def _tasks(n: int):
     return TaskPoolStrategy(size=n)
 
 
-def augmented_dataset(
-    decoded, cfg: DataConfig, key: str, paired: bool = False, batch_size: int = 32
-):
+def augmented_dataset(decoded, cfg: DataConfig, key: str, paired: bool = False):
     """decoded dataset → per-epoch random augmentation (lazy: re-runs every epoch)."""
     ds = decoded.randomize_block_order() if cfg.materialize else decoded
     return ds.map_batches(
         augment_stage,
         batch_format="numpy",
-        batch_size=batch_size,
+        batch_size=None,  # one task per block (≤ one row group): no re-batching copies
         fn_kwargs={
             "key": key,
             "mode": cfg.augment,
@@ -231,7 +142,7 @@ def augmented_dataset(
             "paired": paired,
         },
         compute=_tasks(cfg.parallelism),
-        num_cpus=0.5,
+        num_cpus=cfg.task_cpus,
         zero_copy_batch=True,
     )
 
@@ -295,7 +206,7 @@ def _cycle_batches(
         for b in it.iter_torch_batches(
             batch_size=batch_size,
             local_shuffle_buffer_size=shuffle_buffer or None,
-            prefetch_batches=1,
+            prefetch_batches=2,
             device="cpu",
         ):
             got += 1
@@ -314,7 +225,7 @@ def iter_train_batches(
     batch_size: int,
     steps: int,
     device: torch.device | str | None = None,
-    shuffle_buffer: int = 64,
+    shuffle_buffer: int = 0,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Exactly `steps` batches merged from all streams (keys "A", "B", "A_id", ...);
     images as float32 [-1, 1] NCHW on `device`."""
