@@ -24,5 +24,14 @@ Contract names (other areas import these):
   (row metadata dict, uint8 HWC RGB) for evaluation and retrieval.
 
 Every row has a stable int64 `id`; batches (`A_id`) and the store agree on it.
-Schema: `mdir.data.schema`; ingest layouts: `mdir.data.layouts` (one module each).
+
+Other modules: `schema` (shard columns), `shards` (atomic Parquet IO), `images` (bad-input
+validation and conversion, skip reasons), `ingest` (resumable ingest engine),
+`layouts` (folders, paired, list, robotcar_seasons, aachen, transient_attributes,
+tokyo247, revisited, retrieval_sfm — one module each, `get_layout(name)`), `synth`
+(procedural street scenes), `stages` (torch-free Ray worker stages), `transforms`
+(torch decode/resize helpers for the consumer side and the store), `raylocal`
+(`init_ray`: a private local Ray that never attaches to someone else's cluster),
+`inspect` (summary / contact sheet), `cli` (`mdir data synth|ingest|inspect`).
+Benchmark: `mdir bench data URI --json` (mdir/bench/data.py).
 """
