@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train with and without augment.generator, print the table",
     )
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="run in this process without Ray (one worker; debugging)",
+    )
     args = p.parse_args(argv)
 
     from mdir.config import ConfigError

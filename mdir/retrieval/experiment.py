@@ -103,6 +103,13 @@ def format_table(doc: dict[str, Any]) -> str:
     for r in doc["table"]:
         d = "-" if r["delta"] is None else f"{r['delta']:+.4f}"
         lines.append(f"{r['label']:<{w}}  {f(r['baseline']):>9}  {f(r['gan']):>9}  {d:>9}")
+    m = doc["gan"]["metrics"]
+    if "eval/queries" in m:
+        nq, nn = int(m["eval/queries"]), int(m.get("eval/night_queries", 0))
+        lines.append(
+            f"evaluation: {nn} night + {nq - nn} other queries against {int(m.get('eval/database', 0))} "
+            f"database images (one night query = {1 / max(nn, 1):.3f} of night recall)"
+        )
     a = doc.get("augment") or {}
     if a:
         lines.append(
