@@ -646,7 +646,8 @@ def _refresh_ray_auth_config() -> None:
 #: written with the fixed ports we pass on the command line. The raylet otherwise aborts
 #: when the dashboard agent has not written them within a hard-coded ~15 s
 #: (ray-project/ray#65983), which a busy 2-core machine regularly misses; the agents bind
-#: exactly these ports and rewrite the same values when they are up.
+#: exactly these ports and rewrite the same values when they are up. The raylet's
+#: registration wait (30 s, hard-coded in ``ray start``) is stretched the same way.
 _RAY_START_SHIM = """
 import inspect, sys
 import ray._private.services as svc
@@ -665,6 +666,19 @@ def start_raylet(*a, **kw):
             persist_port(b["session_dir"], b["node_id"], name, int(port))
     return _orig(*a, **kw)
 svc.start_raylet = start_raylet
+# `ray start` then gives the raylet a hard-coded 30 s to register with the GCS; be patient
+import time
+_orig_get_node = svc.get_node
+def get_node(*a, **kw):
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            return _orig_get_node(*a, **kw)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+svc.get_node = get_node
 from ray.scripts.scripts import main
 sys.argv = ["ray"] + sys.argv[1:]
 sys.exit(main())
@@ -733,6 +747,7 @@ def _ray_start_once(
         run_env[LOOPBACK_ENV] = "0"
     # a loaded 2-core machine can take >30 s to start the dashboard agent: be patient
     run_env.setdefault("RAY_agent_register_timeout_ms", "180000")
+    run_env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")  # default 60 s
     run_env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     # `ray start` daemonizes its processes and exits; in its own session they share its pgid.
     # The raylet gives the dashboard agent a hard-coded ~15 s to write its port file and
@@ -773,7 +788,7 @@ def start_ray_head(
     object_store_memory: int = 500 * 1024**2,
     env: Mapping[str, str] | None = None,
     loopback_only: bool = True,
-    timeout: float = 180.0,
+    timeout: float = 420.0,
     attempts: int = 3,
 ) -> RayHead:
     """Start (or reuse) ``ray start --head`` on 127.0.0.1 with token auth and free ports.
