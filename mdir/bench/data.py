@@ -312,6 +312,10 @@ def bench_data(
                 f"split {split!r} of {uri} has {n} images < batch size {batch_size}"
             )
         plain = run_plain(tmp / "folder", image_size, scale_min, batch_size, workers, epochs)
+        typer.echo(
+            f"plain DataLoader: {plain['images_per_s']:.1f} img/s, peak {plain['peak_pss_mb']:.0f} MB",
+            err=True,
+        )
         from mdir.data.raylocal import init_ray
 
         started = init_ray(num_cpus=workers, temp_dir=str(tmp / "ray"))

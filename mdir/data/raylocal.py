@@ -32,6 +32,7 @@ def init_ray(
     os.environ["RAY_AUTH_MODE"] = "token"
     # On a loaded 2-core machine the agents need longer than the default to come up.
     os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):
         # Without bytecode caches every Ray process (agents, workers) recompiles torch and
         # ray from source (~5 s each here) and the raylet gives up waiting for its agents.
