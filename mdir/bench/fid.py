@@ -9,8 +9,8 @@ Two measurements, candidate and baseline side by side in one run:
 2. Fréchet distance for d = 2048 on covariances of random features: `frechet_distance`
    (Cholesky + dsygst + eigvalsh, float64) vs the straightforward reference
    ‖μ₁−μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr Re(scipy.linalg.sqrtm(Σ₁Σ₂)) (no `disp=`).
-   Median of `--repeats` timings each; ratio: reference / ours; the two values' relative
-   difference is reported too.
+   Median of `--repeats` / `--ref-repeats` interleaved timings; ratio: reference / ours;
+   the two values' relative difference is reported too.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def _scipy_reference(mu1, s1, mu2, s2) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
 
 
-def bench_frechet(dim: int, n_samples: int, repeats: int, seed: int = 0) -> dict:
+def bench_frechet(
+    dim: int, n_samples: int, repeats: int, ref_repeats: int = 1, seed: int = 0
+) -> dict:
     """Time `frechet_distance` vs the SciPy sqrtm reference on d-dimensional covariances."""
     from mdir.metrics.fid import GaussianStats, frechet_distance
 
@@ -47,18 +49,22 @@ def bench_frechet(dim: int, n_samples: int, repeats: int, seed: int = 0) -> dict
     mu1, s1, mu2, s2 = a.mean, a.cov, b.mean, b.cov
     ours, ref = [], []
     v_ours = v_ref = float("nan")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        v_ours = frechet_distance(mu1, s1, mu2, s2)
-        ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        v_ref = _scipy_reference(mu1, s1, mu2, s2)
-        ref.append(time.perf_counter() - t)
+    # interleaved so that both see the same machine load
+    for i in range(max(repeats, ref_repeats)):
+        if i < repeats:
+            t = time.perf_counter()
+            v_ours = frechet_distance(mu1, s1, mu2, s2)
+            ours.append(time.perf_counter() - t)
+        if i < ref_repeats:
+            t = time.perf_counter()
+            v_ref = _scipy_reference(mu1, s1, mu2, s2)
+            ref.append(time.perf_counter() - t)
     t_ours, t_ref = statistics.median(ours), statistics.median(ref)
     return {
         "dim": dim,
         "n_samples": n_samples,
         "repeats": repeats,
+        "ref_repeats": ref_repeats,
         "ours_s": t_ours,
         "ours_all_s": ours,
         "scipy_sqrtm_s": t_ref,
@@ -114,7 +120,10 @@ def bench_extractor(
 def fid_cmd(
     dim: int = typer.Option(2048, help="Feature dimension of the Fréchet-distance timing."),
     n_samples: int = typer.Option(4096, help="Samples per covariance (≥ dim gives full rank)."),
-    repeats: int = typer.Option(3, help="Timed repeats (median reported)."),
+    repeats: int = typer.Option(5, help="Timed repeats of our Fréchet distance (median reported)."),
+    ref_repeats: int = typer.Option(
+        2, help="Timed repeats of the SciPy sqrtm reference (slow: ~12 s each on 2 cores)."
+    ),
     num_images: int = typer.Option(32, help="Images for the extractor throughput."),
     image_size: int = typer.Option(64, help="Side of the random input images (resized to 299)."),
     workers: str = typer.Option("1,2", help="Comma-separated Ray worker counts."),
@@ -129,7 +138,7 @@ def fid_cmd(
 ) -> None:
     """Extractor images/s with 1 and 2 Ray workers; Fréchet distance vs SciPy sqrtm."""
     result: dict = {"benchmark": "fid"}
-    fr = bench_frechet(dim, n_samples, repeats)
+    fr = bench_frechet(dim, n_samples, repeats, ref_repeats)
     result["frechet"] = fr
     typer.echo(
         f"frechet d={dim}: ours {fr['ours_s'] * 1e3:.0f} ms, scipy sqrtm {fr['scipy_sqrtm_s'] * 1e3:.0f} ms, "
