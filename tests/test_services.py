@@ -175,3 +175,90 @@ def test_s3_state_file_reuse_and_stop_from_another_process(tmp_path):
         assert not (state / "s3.json").exists()
     finally:
         srv.stop()
+
+
+# ---------------------------------------------------------------- demo up / down
+
+
+class _FakeHealth:
+    """A foreign HTTP server answering /health on a port (stands in for a user's MLflow)."""
+
+    def __init__(self, tmp_path: Path):
+        self.port = services.free_port()
+        code = (
+            "import http.server, sys\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    def do_GET(self):\n"
+            "        self.send_response(200); self.end_headers(); self.wfile.write(b'OK')\n"
+            "    def log_message(self, *a): pass\n"
+            "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(self.port)], start_new_session=True
+        )
+        t0 = time.monotonic()
+        while services.http_status(f"http://127.0.0.1:{self.port}/health") != 200:
+            assert time.monotonic() - t0 < 30, "fake health server did not start"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.mark.slow
+def test_demo_up_then_down_stops_only_what_it_started(tmp_path):
+    """`mdir.demo up --skip-job` starts a Ray head and makes the data; `down` stops exactly it.
+
+    An MLflow port that already answers (a stand-in for the user's own server) is reused and
+    must survive `down`.
+    """
+    state, out = tmp_path / "st", tmp_path / "out"
+    foreign = _FakeHealth(tmp_path)
+    base = [sys.executable, "-m", "mdir.demo"]
+    opts = ["--state-dir", str(state)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    try:
+        r = subprocess.run(
+            [
+                *base,
+                "up",
+                *opts,
+                "--out",
+                str(out),
+                "--mlflow-port",
+                str(foreign.port),
+                "--skip-job",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "reused, not ours" in r.stdout
+        ray_state = json.loads((state / "ray.json").read_text())
+        assert not (state / "mlflow.json").exists()  # not ours → no state file
+        head = services.RayHead(**{k: v for k, v in ray_state.items() if k != "kind"})
+        assert head.healthy()
+        pids = head.alive_pids()
+        assert pids
+        # the synthetic data was made and inspected
+        manifest = json.loads((out / "synth" / "manifest.json").read_text())
+        assert sum(s["rows"] for s in manifest["shards"]) > 0
+        assert (out / "synth_grid.png").stat().st_size > 0
+        result = json.loads((out / "demo_result.json").read_text())
+        assert result["ray_dashboard"] == head.dashboard_url
+
+        r = subprocess.run(
+            [*base, "down", *opts], capture_output=True, text=True, timeout=120, env=env
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert not [p for p in pids if services.pid_alive(p)]
+        assert not services.port_open(head.gcs_port)
+        assert not (state / "ray.json").exists()
+        assert foreign.proc.poll() is None  # the server we did not start is untouched
+        assert services.http_status(f"http://127.0.0.1:{foreign.port}/health") == 200
+    finally:
+        subprocess.run([*base, "down", *opts], capture_output=True, timeout=120, env=env)
+        foreign.stop()
