@@ -46,7 +46,7 @@ class ReportMetricToTune(UserCallback):
     def after_report(
         self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
     ) -> None:
-        row = dict(metrics[0]) if metrics else {}
+        row = normalize_report(metrics[0] if metrics else {})
         if self.metric not in row:
             return
         if checkpoint is not None:
