@@ -291,6 +291,9 @@ def run_sweep(
         if sched.type == "asha"
         else FIFOScheduler()
     )
+    # A trial that ends without ever reporting the metric (e.g. its evaluation failed) must
+    # rank last, not abort the sweep: Tune's strict check raises in the driver otherwise.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     resumed = tune.Tuner.can_restore(path)
     if resumed:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -377,6 +380,8 @@ def collect_rows(
                         break
         if res.error is not None:
             status = "error"
+        elif best is None:
+            status = "no-metric"
         elif trial_id in completed:
             status = "finished"
         else:
