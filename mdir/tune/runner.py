@@ -12,6 +12,7 @@ adding child runs to the same parent.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -375,7 +376,7 @@ def collect_rows(
         if best is not None:
             for m in ("kid", "prd_f8", "prd_f1_8"):
                 for key in metric_variants(m, metric):
-                    if best.get(key) is not None:
+                    if _finite(best.get(key)):
                         shown[m] = float(best[key])
                         break
         if res.error is not None:
@@ -387,7 +388,7 @@ def collect_rows(
         else:
             status = "stopped"
         steps = max(
-            (int(h["step"]) for h in history if h.get("step") is not None), default=len(history)
+            (int(h["step"]) for h in history if _finite(h.get("step"))), default=len(history)
         )
         run_id, model_uri = (
             runs.get(trial_id) or runs.get(f"{name}-{trial.index:03d}") or (None, None)
@@ -416,6 +417,10 @@ def collect_rows(
             )
         )
     return rows
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _version_uri(tracking_uri: str, run_id: str) -> str | None:
