@@ -139,6 +139,7 @@ def test_fail_fast_storage_and_resources(ray_cluster, s3_server, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a worker-group restart alone takes ~80 s on 2 cores
 def test_worker_crash_resume_ddp_replicas_s3_and_mlflow_down(ray_cluster, s3_server, tmp_path):
     """2 workers on S3 checkpoints with MLflow down: rank 1 dies hard at step 4, the group
     restarts from the step-2 checkpoint and finishes; replicas stay identical; then a new

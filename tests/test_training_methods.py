@@ -48,6 +48,7 @@ def synth_data(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("method", ["pix2pix", "cyclegan", "mduit"])
 def test_method_trains_registers_and_translates(
     method, synth_data, ray_cluster, mlflow_server, tmp_path
