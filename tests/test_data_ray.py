@@ -161,3 +161,41 @@ def test_unknown_condition_fails_clearly(dsets):
     cfg = DataConfig(uri=dsets[0], domain_a=["fog"], domain_b=["night"], image_size=16)
     with pytest.raises(KeyError, match="fog"):
         make_train_datasets(cfg, "train")
+
+
+def test_bench_data_smoke(ray_ctx, tmp_path):
+    """`mdir bench data` end to end on a tiny dataset (numbers are not asserted: only that
+    both sides ran on the same images and the JSON carries the ratio)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mdir.cli import app
+
+    uri = str(tmp_path / "b")
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "data",
+            uri,
+            "--synth-places",
+            "8",
+            "--synth-size",
+            "32",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "2",
+            "--json",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["images_in_split"] == 40
+    assert r["candidate"]["images"] == r["baseline"]["images"] == 2 * (40 // 4) * 4
+    assert r["ratio"] > 0 and r["baseline"]["peak_pss_mb"] > 0 and "ratio_steady" in r

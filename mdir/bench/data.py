@@ -270,6 +270,7 @@ def run_ray(
         dt = time.perf_counter() - t0
     return {
         **_result(n_img, dt, epoch_s, mem.peak_mb),
+        "peak_pss_mb_without_ray_daemons": mem.peak_data_mb,
         "materialize": materialize,
         "dataset_setup_s": first,
     }
@@ -354,6 +355,10 @@ def bench_data(
             warm_s = warm_up_ray(uri, split, workers) if warmup else 0.0
             ray_res = run_ray(
                 uri, split, image_size, scale_min, batch_size, workers, epochs, materialize
+            )
+            typer.echo(
+                f"ray data: {ray_res['images_per_s']:.1f} img/s, peak {ray_res['peak_pss_mb']:.0f} MB",
+                err=True,
             )
         finally:
             if started:
