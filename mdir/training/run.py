@@ -185,7 +185,11 @@ def ensure_ray(address: str | None = None) -> None:
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or "RAY_JOB_ID" in os.environ
         # Inside `ray job submit` the job's runtime_env (working dir) applies; don't replace it.
         # Workers get the forwarded variables through RunConfig.worker_runtime_env anyway.
-        ray.init(address=addr, runtime_env=None if in_job or not env else {"env_vars": env}, log_to_driver=True)
+        ray.init(
+            address=addr,
+            runtime_env=None if in_job or not env else {"env_vars": env},
+            log_to_driver=True,
+        )
     else:
         # A private head on 127.0.0.1 with its own token (a plain local ray.init() would
         # write ~/.ray/auth_token and silently switch auth on for everyone's clusters);
