@@ -315,3 +315,25 @@ def test_config_defaults_follow_the_papers():
         load_retrieval_config(None, ["data.uri=/x", "optim.batch_size=5", "scaling.num_workers=2"])
     with pytest.raises(ConfigError, match="augment.probability"):
         load_retrieval_config(None, ["data.uri=/x", "augment.probability=1.5"])
+
+
+def test_multiscale_descriptor_is_normalised_mean_over_scales():
+    from mdir.retrieval.config import RetrievalModelConfig
+    from mdir.retrieval.descriptors import MULTISCALE, embed, extract
+    from mdir.retrieval.model import build_model
+
+    torch.manual_seed(0)
+    net = build_model(RetrievalModelConfig(arch="tiny", width=8, allow_random=True)).eval()
+    x = torch.rand(3, 3, 48, 48) * 2 - 1
+    ms = embed(net, x, MULTISCALE)
+    assert torch.allclose(ms.norm(dim=1), torch.ones(3), atol=1e-5)
+
+    def resized(s: float) -> torch.Tensor:  # side round(48·s), as `embed` does
+        n = round(48 * s)
+        return torch.nn.functional.interpolate(x, size=(n, n), mode="bilinear", antialias=True)
+
+    parts = [embed(net, resized(s)) for s in MULTISCALE]
+    assert torch.allclose(ms, torch.nn.functional.normalize(sum(parts), dim=1), atol=1e-4)
+    # batched extraction by row ids gives the same descriptors as one forward pass
+    v = extract(net, lambda ids: x[list(ids)], [2, 0, 1], batch_size=2, scales=MULTISCALE)
+    assert np.allclose(v, ms[[2, 0, 1]].numpy(), atol=1e-5)

@@ -5,8 +5,9 @@ maps them to store ids."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch import Tensor
@@ -21,13 +22,17 @@ class SplitData:
     ids: np.ndarray  # int64 [N] store row ids
     condition: np.ndarray  # str [N] condition names
     matching: Matching
+    # the training loop prefetches in a thread while the main thread may draw MDUIT references
+    # from the same store, whose decode cache is not thread-safe
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def load(self, rows: Sequence[int]) -> Tensor:
-        """Images of rows (positions) → [n,3,H,W] in [-1,1]."""
-        return self.store.load(self.ids[np.asarray(rows, dtype=np.int64)].tolist())
+        """Images of rows (positions) → [n,3,H,W] in [-1,1] (thread-safe)."""
+        with self._lock:
+            return self.store.load(self.ids[np.asarray(rows, dtype=np.int64)].tolist())
 
     def rows_with_condition(self, names: Sequence[str]) -> np.ndarray:
         if not names:
