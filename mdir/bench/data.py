@@ -247,6 +247,7 @@ def run_ray(
         image_size=image_size,
         scale_min=scale_min,
         parallelism=workers,
+        task_cpus=1.0,  # at most `workers` Ray worker processes, like the DataLoader
         materialize=materialize,
     )
     per_epoch = steps_per_epoch(cfg, split, batch_size, 1)
@@ -290,6 +291,7 @@ def warm_up_ray(uri: str, split: str, workers: int) -> float:
         domain_b=[],
         image_size=16,
         parallelism=workers,
+        task_cpus=1.0,
         materialize=False,
     )
     ds = make_train_datasets(cfg, split)
