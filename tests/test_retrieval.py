@@ -337,3 +337,45 @@ def test_multiscale_descriptor_is_normalised_mean_over_scales():
     # batched extraction by row ids gives the same descriptors as one forward pass
     v = extract(net, lambda ids: x[list(ids)], [2, 0, 1], batch_size=2, scales=MULTISCALE)
     assert np.allclose(v, ms[[2, 0, 1]].numpy(), atol=1e-5)
+
+
+def test_augmenter_with_a_real_mduit_translator_and_references():
+    from mdir.methods import build_generator
+    from mdir.methods.config import parse_method_config
+    from mdir.training.registry import Translator
+
+    cfg = parse_method_config(
+        {
+            "name": "mduit",
+            "ngf": 4,
+            "ndf": 8,
+            "n_res_enc": 1,
+            "n_res_dec": 1,
+            "ea_hidden": 8,
+            "proj_hidden": 16,
+            "proj_dim": 8,
+            "allow_random_vgg": True,
+        }
+    )
+    torch.manual_seed(0)
+    t = Translator(
+        generator=build_generator(cfg).eval(),
+        method_config=cfg,
+        model_uri="test",
+        version="1",
+        run_id=None,
+    )
+    drawn = []
+
+    def refs(n, rng):
+        drawn.append(n)
+        return torch.rand(n, 3, 24, 24) * 2 - 1
+
+    aug = GanAugmenter(
+        t, probability=1.0, pad_multiple=32, needs_reference=True, draw_reference=refs, seed=0
+    )
+    x = torch.rand(2, 3, 24, 24) * 2 - 1
+    y, mask = aug(x)
+    assert mask.all() and drawn == [2] and y.shape == x.shape
+    assert not torch.allclose(y, x) and y.abs().max() <= 1.0
+    assert aug.counter.applied == 2 and aug.counter.failed == 0
