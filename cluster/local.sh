@@ -124,6 +124,7 @@ start_node() {  # start_node NAME CPUS EXTRA_ARGS... ; each node has its own tem
       RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$STATE/token" \
       RAY_agent_register_timeout_ms="${RAY_agent_register_timeout_ms:-120000}" \
       RAY_worker_register_timeout_seconds="${RAY_worker_register_timeout_seconds:-120}" \
+      RAY_DASHBOARD_STARTUP_TIMEOUT_S="${RAY_DASHBOARD_STARTUP_TIMEOUT_S:-240}" \
       "${nice_cmd[@]}" "$RAY" start --node-ip-address="$IP" --temp-dir="$STATE/$name" \
         --num-cpus="$cpus" --num-gpus=0 --resources="{\"node_$name\": 1}" \
         --object-store-memory="$OBJ_STORE" \
@@ -142,7 +143,7 @@ start_node() {  # start_node NAME CPUS EXTRA_ARGS... ; each node has its own tem
       echo "local.sh: node '$name' registered after \`ray start\` gave up (slow machine)" >&2
       return 0
     fi
-    echo "local.sh: node '$name' attempt $attempt failed: $(grep -h -m1 -o 'Timed out waiting for file [^ ]*' "$STATE/$name"/session_*/logs/raylet.out 2>/dev/null || tail -1 "$STATE/$name.log")" >&2
+    echo "local.sh: node '$name' attempt $attempt failed: $(grep -h -m1 -o -E 'Timed out waiting for file [^ ]*|Failed to start the dashboard|timed out during startup' "$STATE/$name.log" "$STATE/$name"/session_*/logs/raylet.out 2>/dev/null | head -1)" >&2
     cp "$STATE/$name.log" "$STATE/$name.attempt$attempt.log" 2>/dev/null || true
     stop_pids "$name"
   done

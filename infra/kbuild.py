@@ -130,7 +130,9 @@ def build(directory: str | Path) -> list[dict[str, Any]]:
         else:
             ops = yaml.safe_load(patch["patch"])
         if not isinstance(ops, list):
-            raise KustomizeError(f"{kfile}: patches[{i}] is not a JSON 6902 list (only those are supported)")
+            raise KustomizeError(
+                f"{kfile}: patches[{i}] is not a JSON 6902 list (only those are supported)"
+            )
         hits = [
             d
             for d in docs

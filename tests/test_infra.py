@@ -34,8 +34,10 @@ OVERLAYS = ["base", "overlays/local", "overlays/gpu"]
 K8S_VERSION = "1.35.0"
 IMAGE_ROOT = "/opt/mdir/"  # where infra/Dockerfile puts the project
 OWN_IMAGES = {"mdir", "mdir-mlflow"}
-SECRETS = {"mdir-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
-           "mdir-postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}}
+SECRETS = {
+    "mdir-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+    "mdir-postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"},
+}
 
 
 def _load_kbuild():
@@ -90,7 +92,9 @@ def _containers(node: Any):
 def _find(node: Any, key: str) -> list[Any]:
     """Every value stored under `key` anywhere below node."""
     if isinstance(node, dict):
-        return [v for k, v in node.items() if k == key] + [x for v in node.values() for x in _find(v, key)]
+        return [v for k, v in node.items() if k == key] + [
+            x for v in node.values() for x in _find(v, key)
+        ]
     if isinstance(node, list):
         return [x for v in node for x in _find(v, key)]
     return []
@@ -118,8 +122,12 @@ def test_kubernetes_validate_runs_offline(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     assert K8S_VERSION in all_versions()  # the bundled schema set, not a nearby one
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
-           "spec": {"ports": [{"port": 80}]}}
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "x"},
+        "spec": {"ports": [{"port": 80}]},
+    }
     assert kubernetes_validate.validate(svc, K8S_VERSION, strict=True) == "1.35"
     bad = {**svc, "spec": {"ports": [{"port": "eighty"}]}}
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -146,8 +154,12 @@ def test_pod_templates_inside_ray_kinds_validate(built) -> None:
         if not doc["apiVersion"].startswith("ray.io/"):
             continue
         for where, tmpl in _pod_templates(doc):
-            wrapped = {"apiVersion": "v1", "kind": "PodTemplate",
-                       "metadata": {"name": "t"}, "template": tmpl}
+            wrapped = {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": "t"},
+                "template": tmpl,
+            }
             try:
                 kubernetes_validate.validate(wrapped, K8S_VERSION, strict=True)
             except kubernetes_validate.ValidationError as e:
@@ -173,7 +185,8 @@ def test_ray_kinds_validate_against_repo_schemas(built) -> None:
         if doc["apiVersion"].startswith("ray.io/"):
             errors = list(_ray_validator(doc["kind"]).iter_errors(doc))
             assert not errors, f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: " + "; ".join(
-                f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5])
+                f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5]
+            )
             kinds.add(doc["kind"])
     assert kinds == {"RayCluster", "RayJob"}
 
@@ -183,7 +196,9 @@ def test_ray_schema_rejects_typos_and_wrong_api(built) -> None:
     v = _ray_validator("RayJob")
     assert v.is_valid(doc)
     typo = json.loads(json.dumps(doc))
-    typo["spec"]["rayClusterSpec"]["workerGroupSpec"] = typo["spec"]["rayClusterSpec"].pop("workerGroupSpecs")
+    typo["spec"]["rayClusterSpec"]["workerGroupSpec"] = typo["spec"]["rayClusterSpec"].pop(
+        "workerGroupSpecs"
+    )
     assert not v.is_valid(typo)
     old_api = {**doc, "apiVersion": "ray.io/v1alpha1"}
     assert not v.is_valid(old_api)
@@ -196,7 +211,11 @@ def test_every_schema_field_says_where_it_is_documented() -> None:
     for p in (INFRA / "schemas").glob("*.json"):
         s = json.loads(p.read_text())
         assert "ray-operator/" in s["description"]  # the CRD / Go types it mirrors
-        spec = s["$defs"]["RayClusterSpec"] if "RayClusterSpec" in s.get("$defs", {}) else s["properties"]["spec"]
+        spec = (
+            s["$defs"]["RayClusterSpec"]
+            if "RayClusterSpec" in s.get("$defs", {})
+            else s["properties"]["spec"]
+        )
         for name, field in spec["properties"].items():
             assert "description" in field, f"{p.name}: {name} has no description"
 
@@ -211,17 +230,36 @@ def _key(d: dict[str, Any]) -> tuple:
 def test_overlays_build_and_differ_as_intended(built) -> None:
     for o in OVERLAYS:
         kinds = sorted(d["kind"] for d in built[o])
-        assert kinds == sorted(["Namespace", "ConfigMap", "StatefulSet", "Service", "Deployment",
-                                "Service", "RayCluster", "RayJob", "RayJob"]), o
+        assert kinds == sorted(
+            [
+                "Namespace",
+                "ConfigMap",
+                "StatefulSet",
+                "Service",
+                "Deployment",
+                "Service",
+                "RayCluster",
+                "RayJob",
+                "RayJob",
+            ]
+        ), o
+
     def gpus(overlay):
-        return [c["resources"].get("limits", {}).get("nvidia.com/gpu")
-                for d in built[overlay] if d["kind"] in ("RayCluster", "RayJob")
-                for c in _containers(d) if c["name"] == "ray-worker"]
+        return [
+            c["resources"].get("limits", {}).get("nvidia.com/gpu")
+            for d in built[overlay]
+            if d["kind"] in ("RayCluster", "RayJob")
+            for c in _containers(d)
+            if c["name"] == "ray-worker"
+        ]
+
     assert gpus("overlays/gpu") and all(g == "1" for g in gpus("overlays/gpu"))
     assert gpus("overlays/local") and not any(gpus("overlays/local"))
     images = {c["image"] for d in built["overlays/local"] for c in _containers(d)}
     assert {"mdir:dev", "mdir-mlflow:dev"} <= images
-    tune_local = next(d for d in built["overlays/local"] if d["metadata"]["name"] == "mdir-tune-thesis-grid")
+    tune_local = next(
+        d for d in built["overlays/local"] if d["metadata"]["name"] == "mdir-tune-thesis-grid"
+    )
     assert "tune_spaces/demo.yaml" in tune_local["spec"]["entrypoint"]
 
 
@@ -231,17 +269,23 @@ def test_kbuild_rejects_what_it_cannot_build(tmp_path: Path) -> None:
         kbuild.build(tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
         "resources: [cm.yaml]\npatches:\n  - target: {kind: ConfigMap, name: nope}\n"
-        "    patch: '[{op: add, path: /data/x, value: y}]'\n")
-    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\ndata: {}\n")
+        "    patch: '[{op: add, path: /data/x, value: y}]'\n"
+    )
+    (tmp_path / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\ndata: {}\n"
+    )
     with pytest.raises(kbuild.KustomizeError, match="matches nothing"):
         kbuild.build(tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (kbuild.py covers CI)")
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl not installed (kbuild.py covers CI)"
+)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kbuild_equals_kubectl_kustomize(overlay: str, built) -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(INFRA / overlay)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(INFRA / overlay)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     theirs = {_key(d): d for d in yaml.safe_load_all(out.stdout) if d}
     ours = {_key(d): d for d in built[overlay]}
@@ -254,7 +298,7 @@ def test_kbuild_equals_kubectl_kustomize(overlay: str, built) -> None:
 
 
 def _entrypoint_paths(entrypoint: str) -> list[str]:
-    return [t[len(IMAGE_ROOT):] for t in shlex.split(entrypoint) if t.startswith(IMAGE_ROOT)]
+    return [t[len(IMAGE_ROOT) :] for t in shlex.split(entrypoint) if t.startswith(IMAGE_ROOT)]
 
 
 def test_job_entrypoints_configs_and_spaces_exist(built) -> None:
@@ -267,13 +311,19 @@ def test_job_entrypoints_configs_and_spaces_exist(built) -> None:
             paths = _entrypoint_paths(doc["spec"]["entrypoint"])
             assert paths and paths[0].startswith("jobs/") and paths[0].endswith(".py")
             named.update(paths)
-    assert {"jobs/mduit.py", "jobs/configs/mduit.yaml", "jobs/tune.py",
-            "tune_spaces/thesis_grid.yaml"} <= named
+    assert {
+        "jobs/mduit.py",
+        "jobs/configs/mduit.yaml",
+        "jobs/tune.py",
+        "tune_spaces/thesis_grid.yaml",
+    } <= named
     missing = sorted(p for p in named if not (REPO / p).is_file())
     assert not missing, f"RayJobs name files that are not in the repo: {missing}"
     dockerfile = (INFRA / "Dockerfile").read_text()
     for top in {p.split("/")[0] for p in named}:
-        assert re.search(rf"^COPY {top} \./{top}$", dockerfile, re.M), f"Dockerfile does not COPY {top}/"
+        assert re.search(rf"^COPY {top} \./{top}$", dockerfile, re.M), (
+            f"Dockerfile does not COPY {top}/"
+        )
 
 
 def test_job_configs_named_by_rayjobs_are_valid(built) -> None:
@@ -285,7 +335,7 @@ def test_job_configs_named_by_rayjobs_are_valid(built) -> None:
         if doc["kind"] != "RayJob" or "--config" not in doc["spec"]["entrypoint"]:
             continue
         tokens = shlex.split(doc["spec"]["entrypoint"])
-        cfg = tokens[tokens.index("--config") + 1][len(IMAGE_ROOT):]
+        cfg = tokens[tokens.index("--config") + 1][len(IMAGE_ROOT) :]
         overrides = [t for t in tokens if "=" in t and not t.startswith("-") and "$" not in t]
         load_job_config(REPO / cfg, overrides)
         checked += 1
@@ -313,7 +363,9 @@ def test_images_namespace_configmap_and_secret_names_agree(built) -> None:
     for overlay, docs in built.items():
         ns = [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"]
         assert ns == ["mdir"]
-        assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"mdir"}
+        assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
+            "mdir"
+        }
         configmaps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
         for ref in [r["name"] for r in _find(docs, "configMapRef")]:
             assert ref in configmaps, f"{overlay}: configMapRef {ref} has no ConfigMap"
@@ -341,14 +393,18 @@ def test_ray_version_matches_the_lock(built) -> None:
 
 def test_mlflow_server_as_design_advises(built) -> None:
     for _overlay, docs in built.items():
-        dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow")
+        dep = next(
+            d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow"
+        )
         c = dep["spec"]["template"]["spec"]["containers"][0]
         args = c["args"]
         assert any(a.startswith("--allowed-hosts=") and "mlflow:5000" in a for a in args)
         assert any(re.fullmatch(r"--workers=\d", a) for a in args)
         env = {e["name"]: e for e in c["env"]}
         assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
-        assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql+psycopg://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@postgres:5432/")
+        assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith(
+            "postgresql+psycopg://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@postgres:5432/"
+        )
         assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mdir-postgres"
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             assert c[probe]["httpGet"]["path"] == "/health"
@@ -356,7 +412,10 @@ def test_mlflow_server_as_design_advises(built) -> None:
         port = svc["spec"]["ports"][0]["port"]
         cm = next(d for d in docs if d["kind"] == "ConfigMap")
         assert cm["data"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{port}"
-        assert "--serve-artifacts" in args and "--artifacts-destination=$(MLFLOW_ARTIFACTS_DESTINATION)" in args
+        assert (
+            "--serve-artifacts" in args
+            and "--artifacts-destination=$(MLFLOW_ARTIFACTS_DESTINATION)" in args
+        )
         assert cm["data"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
 
 
@@ -396,16 +455,27 @@ def test_cluster_launcher_config_validates_against_rays_schema() -> None:
 AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
 AWS_SECRET = re.compile(r"(?i)aws_secret_access_key\W{0,5}[:=]\W{0,3}[A-Za-z0-9/+]{40}\b")
 PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
-PASSWORD_LITERAL = re.compile(r"(?i)\b\w*(password|passwd|secret)\w*\b\s*[:=]\s*['\"]?([^\s'\"$({]{6,})")
+PASSWORD_LITERAL = re.compile(
+    r"(?i)\b\w*(password|passwd|secret)\w*\b\s*[:=]\s*['\"]?([^\s'\"$({]{6,})"
+)
 
 
 def _tracked_text_files() -> list[Path]:
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     files = []
     for rel in out:
         p = REPO / rel
-        if p.is_file() and p.stat().st_size < 2_000_000 and p.suffix not in (".png", ".jpg", ".parquet", ".lock"):
+        if (
+            p.is_file()
+            and p.stat().st_size < 2_000_000
+            and p.suffix not in (".png", ".jpg", ".parquet", ".lock")
+        ):
             files.append(p)
     return files
 
@@ -418,8 +488,11 @@ def test_no_secret_values_in_the_repo() -> None:
         except UnicodeDecodeError:
             continue
         for rx in (AWS_KEY_ID, AWS_SECRET, PRIVATE_KEY):
-            hits += [f"{p.relative_to(REPO)}: {m.group(0)[:12]}..." for m in rx.finditer(text)
-                     if "EXAMPLE" not in m.group(0)]
+            hits += [
+                f"{p.relative_to(REPO)}: {m.group(0)[:12]}..."
+                for m in rx.finditer(text)
+                if "EXAMPLE" not in m.group(0)
+            ]
     assert not hits, f"secret-looking values: {hits}"
 
 
@@ -433,7 +506,8 @@ def test_no_inline_credentials_in_manifests_or_cluster_configs(built) -> None:
         for m in PASSWORD_LITERAL.finditer(f.read_text()):
             value = m.group(2)
             assert value.lower() in {"secretkeyref", "secrets", "secret"} or "valueFrom" in value, (
-                f"{f.relative_to(REPO)}: literal credential-like value {m.group(0)[:40]!r}")
+                f"{f.relative_to(REPO)}: literal credential-like value {m.group(0)[:40]!r}"
+            )
 
 
 def test_secret_scan_catches_planted_values(tmp_path: Path) -> None:
