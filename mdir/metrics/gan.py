@@ -219,7 +219,11 @@ def compute_image_metrics(
             rf = real_features
         ff, label, source = extract(fake, cfg, extractor)
         res.extractor_label, res.extractor_source = label, source
-        vals, res.prd = feature_metrics(rf, ff, cfg, label)
+        fcfg = cfg
+        if n < FID_MIN_IMAGES and "fid" in cfg.metrics and "kid" not in cfg.metrics:
+            # small sets: KID (unbiased) always goes beside the biased FID
+            fcfg = cfg.model_copy(update={"metrics": [*cfg.metrics, "kid"]})
+        vals, res.prd = feature_metrics(rf, ff, fcfg, label)
         res.metrics.update(vals)
     paired = (
         isinstance(real, np.ndarray) and isinstance(fake, np.ndarray) and real.shape == fake.shape
