@@ -299,6 +299,8 @@ cmd_start_node() {  # (re)start a worker node, e.g. the replacement after `kill-
   local gcs; gcs="$(sed -n 's/^RAY_ADDRESS=//p' "$STATE/cluster.env")"
   rm -rf "${STATE:?}/$node.old"; [ ! -d "$STATE/$node" ] || mv "$STATE/$node" "$STATE/$node.old"
   start_node "$node" "$WORKER_CPUS" --address="$gcs"
+  # shellcheck disable=SC2046
+  renice -n 0 -p $(our_pids "$node") >/dev/null 2>&1 || true
   echo "local.sh: started node $node"
 }
 
