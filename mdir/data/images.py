@@ -135,12 +135,10 @@ def prepare_image(
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
-    """Encoded bytes from a shard → uint8 [H, W, 3] (shards only hold 8-bit RGB JPEG/PNG)."""
-    import torch
-    from torchvision.io import ImageReadMode, decode_image
-
-    t = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    return t.permute(1, 2, 0).numpy()
+    """Encoded bytes from a shard → uint8 [H, W, 3] (shards only hold 8-bit RGB JPEG/PNG).
+    PIL (libjpeg-turbo): no torch import for metadata / evaluation readers."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def encode_jpeg(arr: np.ndarray, quality: int = 90) -> bytes:

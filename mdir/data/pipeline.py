@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from mdir.data import io
 from mdir.data.config import DataConfig
@@ -40,7 +39,9 @@ from mdir.data.images import decode_rgb
 from mdir.data.manifest import Manifest, read_manifest
 from mdir.data.shards import ROW_GROUP_SIZE, iter_tables
 from mdir.data.stages import augment_stage, read_decode_stage
-from mdir.data.transforms import to_model_range
+
+if TYPE_CHECKING:  # torch is imported lazily: metadata/iteration users need not load it
+    import torch
 
 
 def resolve_domains(manifest: Manifest, cfg: DataConfig) -> tuple[list[str], list[str]]:
@@ -200,6 +201,8 @@ def _cycle_batches(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless fixed-size batches from a DataIterator (re-iterates when a pass ends,
     carries leftovers over so every batch has exactly `batch_size` rows)."""
+    import torch
+
     carry: dict[str, torch.Tensor] | None = None
     while True:
         got = 0
@@ -229,6 +232,10 @@ def iter_train_batches(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Exactly `steps` batches merged from all streams (keys "A", "B", "A_id", ...);
     images as float32 [-1, 1] NCHW on `device`."""
+    import torch
+
+    from mdir.data.transforms import to_model_range
+
     gens = {k: _cycle_batches(it, batch_size, shuffle_buffer) for k, it in shards.items()}
     dev = torch.device(device) if device is not None else None
     for _ in range(steps):
