@@ -740,6 +740,9 @@ def _ray_start_once(
     run_env["PATH"] = venv_bin + os.pathsep + run_env.get("PATH", "")
     run_env.update(env or {})
     run_env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)})
+    # Ray's state API inside workers (e.g. Train's PlacementGroupCleaner) otherwise looks for
+    # "the" local cluster and fails when several run on the machine: point it at ours.
+    run_env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
     if loopback_only:
         # Ray resolves --node-ip-address=127.0.0.1 to the machine's other address on Linux
         # unless multi-node support is off; a single-node local head then really binds
