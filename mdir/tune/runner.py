@@ -383,7 +383,7 @@ def collect_rows(
             status = "error"
         elif best is None:
             status = "no-metric"
-        elif trial_id in completed:
+        elif trial_id in completed or any(_is_final(h) for h in history):
             status = "finished"
         else:
             status = "stopped"
@@ -417,6 +417,12 @@ def collect_rows(
             )
         )
     return rows
+
+
+def _is_final(row: dict[str, Any]) -> bool:
+    """Training's last report names its MLflow run (ASHA may stop a trial right after it,
+    at max_t, before the trial function returns)."""
+    return isinstance(row.get("mlflow_run_id"), str) or isinstance(row.get("model_uri"), str)
 
 
 def _finite(v: Any) -> bool:
