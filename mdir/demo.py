@@ -320,6 +320,11 @@ def up(
         ]
         rc, text = submit_job(head, root, entry, _job_env(mlflow, data_uri), outd / "mduit_job.log")
         job = _last_json(text) or {}
+        grid_src = job.get("sample_grid")
+        if grid_src and Path(grid_src).is_file():  # keep a copy next to the other outputs
+            shutil.copyfile(grid_src, outd / "sample_grid.png")
+            job["sample_grid"] = str(outd / "sample_grid.png")
+            job["sample_grid_origin"] = grid_src
         result["job"] = {"rc": rc, "log": str(outd / "mduit_job.log"), **job}
         if rc != 0 or job.get("error"):
             _write_result(outd, result)
