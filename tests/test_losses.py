@@ -12,6 +12,16 @@ from mdir import losses
 T = torch.tensor
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on the shared 2-core machine, OpenMP threads spin-waiting for a
+    busy core make a tiny step ~50× slower than single-threaded."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def test_gan_loss_vanilla_is_bce_with_logits():
     # real target: mean(log(1 + e^-x)) over x = 0, 2
     expected = (math.log(2) + math.log(1 + math.exp(-2))) / 2
