@@ -46,12 +46,20 @@ def init_ray(
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=object_store_memory,
-        _temp_dir=temp_dir or tempfile.mkdtemp(prefix="mdir-ray-", dir="/tmp"),
-    )
-    return True
+    last: Exception | None = None
+    for _attempt in range(3):  # on an overloaded machine the raylet may give up on its agents
+        try:
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                object_store_memory=object_store_memory,
+                _temp_dir=temp_dir or tempfile.mkdtemp(prefix="mdir-ray-", dir="/tmp"),
+            )
+            return True
+        except Exception as e:  # "node timed out during startup"
+            last = e
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+    raise RuntimeError(f"could not start a local Ray instance after 3 attempts: {last}") from last
