@@ -363,3 +363,4 @@ max_failures: 1
     assert state == "SUCCEEDED", logs[-5000:]
     summary = json.loads(next(x for x in reversed(logs.splitlines()) if x.startswith("{")))
     assert len(summary["leaderboard"]) == 2
+    assert summary["best_trial"].startswith("a")  # lr 0.3 gets closer to the optimum than 0.05
