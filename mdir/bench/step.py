@@ -15,6 +15,9 @@ compilation runs over is reported as ``timed_out`` and skipped), then the varian
 in interleaved rounds (noise on a shared machine hits all of them alike). Reported per
 variant: median seconds per step and steps/s; ``ratios`` = steps/s ÷ eager steps/s.
 MDUIT batches carry explicit T, T_pos, S_neg, T_neg images (no store I/O is timed).
+
+On a shared, oversubscribed machine pass ``--threads 1``: OpenMP worker threads that
+spin-wait for a busy core made a small step ~50× slower with 2 threads than with 1 here.
 """
 
 from __future__ import annotations
