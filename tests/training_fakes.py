@@ -8,6 +8,7 @@ The loop must be method-agnostic: this fake implements `mdir.methods.base.Method
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,7 @@ class FakeMethod:
         die_at_step: int = 0,
         marker: str = "",
         dump_dir: str = "",
+        die_delay_s: float = 20.0,
     ) -> None:
         self.cfg, self.device = cfg, device
         self.networks: dict[str, nn.Module] = {
@@ -41,6 +43,7 @@ class FakeMethod:
         self.steps = 0
         self.pool = torch.zeros(2, 3, 4, 4)
         self.die_at_step, self.marker, self.dump_dir = die_at_step, marker, dump_dir
+        self.die_delay_s = die_delay_s
         self.epochs_started: list[int] = []
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -61,6 +64,10 @@ class FakeMethod:
             and not os.path.exists(self.marker)
         ):
             open(self.marker, "w").close()
+            # Ray Train's controller collects reported checkpoints by polling the workers
+            # (every 2 s, slower on a loaded machine); die only once it surely registered
+            # the last one, as a real crash minutes after a checkpoint would.
+            time.sleep(self.die_delay_s)
             os._exit(1)  # a hard worker crash, as from the OOM killer
         G, D = self.networks["G"], self.networks["D"]
         fake = G(batch["A"])
