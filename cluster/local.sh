@@ -121,7 +121,7 @@ start_node() {  # start_node NAME CPUS EXTRA_ARGS... ; each node has its own tem
     fi
     # PATH: `ray job submit -- python ...` must find the project's python (the venv of $RAY)
     if PATH="$(dirname "$RAY"):$PATH" MDIR_LC_MARK="$STATE" MDIR_LC_NODE="$STATE/$name" \
-      RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$STATE/token" \
+      RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$STATE/token" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 \
       RAY_agent_register_timeout_ms="${RAY_agent_register_timeout_ms:-120000}" \
       RAY_worker_register_timeout_seconds="${RAY_worker_register_timeout_seconds:-120}" \
       RAY_DASHBOARD_STARTUP_TIMEOUT_S="${RAY_DASHBOARD_STARTUP_TIMEOUT_S:-240}" \

@@ -38,6 +38,9 @@ _RAY_VARS = (
     "RAY_AUTH_MODE",
     "RAY_AUTH_TOKEN_PATH",
     "RAY_AUTH_TOKEN",
+    # mdir.services' single-node loopback switch: with it worker nodes refuse to join, and
+    # clients pick 127.0.0.1 while the nodes advertise the host address
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
 )
 
 
