@@ -114,7 +114,10 @@ def _check_data(cfg: TrainJobConfig) -> None:
             raise ConfigError(
                 f"data.{fld}: split {split!r} not in {cfg.data.uri!r} (has {m.splits})"
             )
-    for fld in ("domain_a", "domain_b"):
+    # Paired rows carry domain A's condition only (image_b is the other domain) and the
+    # paired pipeline does not filter by condition, so domains are checked for the others.
+    domain_fields = () if cfg.data.mode == "paired" else ("domain_a", "domain_b")
+    for fld in domain_fields:
         bad = [c for c in getattr(cfg.data, fld) if c not in m.conditions]
         if bad:
             raise ConfigError(f"data.{fld}: unknown conditions {bad} (dataset has {m.conditions})")
