@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -21,86 +22,68 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+# `mdir eval gan` options: flag -> help. One table instead of a `typer.Option(...)` block per
+# parameter; `_opt` looks the help up, so a flag without an entry fails at import.
+_HELP = {
+    "--real": "Real images: a folder of image files or an mdir dataset URI (local or s3://).",
+    "--fake": "Generated images: folder or dataset URI (compared with --real).",
+    "--model": "Registered generator, e.g. models:/mdir-cyclegan-synth@champion (needs --data, --source, --target).",
+    "--data": "Dataset URI whose evaluation split is translated (with --model).",
+    "--source": "Comma-separated source conditions to translate (with --model), e.g. day.",
+    "--target": "Comma-separated real target conditions (with --model), e.g. night.",
+    "--split": "Evaluation split (default: EvalConfig.split = val; use test only for the final report).",
+    "--config": "YAML file with an EvalConfig mapping.",
+    "--set": "EvalConfig override key=value, repeatable (e.g. --set kid_subsets=50).",
+    "--inception-weights": "Local FID Inception weights (pt_inception-2015-12-05 .pth/.safetensors); default $MDIR_INCEPTION_WEIGHTS or the torch hub cache.",
+    "--allow-random-features": "Without standard weights, use a random Inception; metric names get the _random_inception suffix.",
+    "--metrics": "Comma-separated subset of fid,kid,is,prd,ssim,ms_ssim.",
+    "--num-images": "Use at most this many images per set.",
+    "--batch-size": "Images per forward pass.",
+    "--num-workers": "Ray workers for feature extraction (0 = in this process).",
+    "--image-size": "With --model: resize source/target images to this square size before translating.",
+    "--device": "Device of the generator (with --model).",
+    "--mlflow-run-id": "Log to this MLflow run (default with --model: the model's run).",
+    "--no-mlflow": "Do not log to MLflow.",
+    "--prd-plot": "Also write the PRD curve to this PNG.",
+    "--json": "Print one JSON object with the metric values instead of a table.",
+    "--out": "Write the JSON result to this file.",
+}
+
+
+def _opt(flag: str, default: Any = None) -> Any:
+    """`typer.Option` for `flag` with its help from `_HELP`; None (the usual default) leaves
+    the EvalConfig value alone."""
+    return typer.Option(default, flag, help=_HELP[flag])
+
+
 def _csv(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
 @app.command("gan")
 def gan_cmd(
-    real: str | None = typer.Option(
-        None,
-        "--real",
-        help="Real images: a folder of image files or an mdir dataset URI (local or s3://).",
-    ),
-    fake: str | None = typer.Option(
-        None, "--fake", help="Generated images: folder or dataset URI (compared with --real)."
-    ),
-    model: str | None = typer.Option(
-        None,
-        "--model",
-        help="Registered generator, e.g. models:/mdir-cyclegan-synth@champion (needs --data, --source, --target).",
-    ),
-    data: str | None = typer.Option(
-        None, "--data", help="Dataset URI whose evaluation split is translated (with --model)."
-    ),
-    source: str | None = typer.Option(
-        None,
-        "--source",
-        help="Comma-separated source conditions to translate (with --model), e.g. day.",
-    ),
-    target: str | None = typer.Option(
-        None, "--target", help="Comma-separated real target conditions (with --model), e.g. night."
-    ),
-    split: str | None = typer.Option(
-        None,
-        "--split",
-        help="Evaluation split (default: EvalConfig.split = val; use test only for the final report).",
-    ),
-    config: Path | None = typer.Option(
-        None, "--config", help="YAML file with an EvalConfig mapping."
-    ),
-    overrides: list[str] = typer.Option(
-        [], "--set", help="EvalConfig override key=value, repeatable (e.g. --set kid_subsets=50)."
-    ),
-    inception_weights: str | None = typer.Option(
-        None,
-        "--inception-weights",
-        help="Local FID Inception weights (pt_inception-2015-12-05 .pth/.safetensors); default $MDIR_INCEPTION_WEIGHTS or the torch hub cache.",
-    ),
-    allow_random_features: bool = typer.Option(
-        False,
-        "--allow-random-features",
-        help="Without standard weights, use a random Inception; metric names get the _random_inception suffix.",
-    ),
-    metrics: str | None = typer.Option(
-        None, "--metrics", help="Comma-separated subset of fid,kid,is,prd,ssim,ms_ssim."
-    ),
-    num_images: int | None = typer.Option(
-        None, "--num-images", help="Use at most this many images per set."
-    ),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per forward pass."),
-    num_workers: int | None = typer.Option(
-        None, "--num-workers", help="Ray workers for feature extraction (0 = in this process)."
-    ),
-    image_size: int | None = typer.Option(
-        None,
-        "--image-size",
-        help="With --model: resize source/target images to this square size before translating.",
-    ),
-    device: str = typer.Option("cpu", "--device", help="Device of the generator (with --model)."),
-    mlflow_run_id: str | None = typer.Option(
-        None,
-        "--mlflow-run-id",
-        help="Log to this MLflow run (default with --model: the model's run).",
-    ),
-    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
-    prd_plot: Path | None = typer.Option(
-        None, "--prd-plot", help="Also write the PRD curve to this PNG."
-    ),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print one JSON object with the metric values instead of a table."
-    ),
-    out: Path | None = typer.Option(None, "--out", help="Write the JSON result to this file."),
+    real: str | None = _opt("--real"),
+    fake: str | None = _opt("--fake"),
+    model: str | None = _opt("--model"),
+    data: str | None = _opt("--data"),
+    source: str | None = _opt("--source"),
+    target: str | None = _opt("--target"),
+    split: str | None = _opt("--split"),
+    config: Path | None = _opt("--config"),
+    overrides: list[str] = _opt("--set", []),
+    inception_weights: str | None = _opt("--inception-weights"),
+    allow_random_features: bool = _opt("--allow-random-features", False),
+    metrics: str | None = _opt("--metrics"),
+    num_images: int | None = _opt("--num-images"),
+    batch_size: int | None = _opt("--batch-size"),
+    num_workers: int | None = _opt("--num-workers"),
+    image_size: int | None = _opt("--image-size"),
+    device: str = _opt("--device", "cpu"),
+    mlflow_run_id: str | None = _opt("--mlflow-run-id"),
+    no_mlflow: bool = _opt("--no-mlflow", False),
+    prd_plot: Path | None = _opt("--prd-plot"),
+    json_out: bool = _opt("--json", False),
+    out: Path | None = _opt("--out"),
 ) -> None:
     """FID / KID / IS / PRD (+ SSIM / MS-SSIM for paired sets) of generated images."""
     from mdir.config import ConfigError, load_config
