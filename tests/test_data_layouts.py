@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from layout_fixtures import write_jpg, write_revisited, write_tokyo247
 
 from mdir.data.ingest import ingest
 from mdir.data.layouts import LAYOUTS, get_layout
 from mdir.data.layouts.base import safe_unpickle, world_to_camera_to_pose
 from mdir.data.shards import read_all
 
+SIZE = (24, 32)
 
-def _jpg(path: Path, seed: int, size=(24, 32)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (np.random.default_rng(seed).random((*size, 3)) * 255).astype(np.uint8)
-    b = io.BytesIO()
-    Image.fromarray(arr).save(b, "JPEG")
-    path.write_bytes(b.getvalue())
+
+def _jpg(path: Path, seed: int) -> None:
+    write_jpg(path, seed, SIZE)
 
 
 def test_registry_lists_all_layouts():
@@ -86,27 +83,9 @@ def test_aachen(tmp_path):
 
 
 def test_tokyo247(tmp_path):
-    from scipy.io import savemat
-
     src = tmp_path / "tokyo"
-    db = ["00001/a_0.jpg", "00001/a_1.jpg", "00002/b_0.jpg"]
-    q = ["247query_v3/00001.jpg", "247query_v3/00002.jpg"]
-    for i, n in enumerate(db):
-        _jpg(src / "database" / n, i)
-    for i, n in enumerate(q):
-        _jpg(src / "query" / n, 10 + i)
-    st = {
-        "whichSet": "test",
-        "dbImageFns": np.array(db, dtype=object).reshape(-1, 1),
-        "utmDb": np.array([[100.0, 101.0, 900.0], [50.0, 50.0, 70.0]]),
-        "qImageFns": np.array(q, dtype=object).reshape(-1, 1),
-        "utmQ": np.array([[100.5, 899.0], [51.0, 71.0]]),
-        "posDistThr": 25.0,
-    }
-    savemat(src / "tokyo247.mat", {"dbStruct": st})
-    (src / "query_conditions.csv").write_text(
-        "name,condition\n247query_v3/00001.jpg,night\n247query_v3/00002.jpg,sunset\n"
-    )
+    queries = {"247query_v3/00001.jpg": "night", "247query_v3/00002.jpg": "sunset"}
+    write_tokyo247(src, queries, [[100.5, 899.0], [51.0, 71.0]], SIZE)
     m = ingest(str(src), str(tmp_path / "out"), "tokyo247")
     assert m.counts == {"db": {"day": 3}, "query": {"night": 1, "sunset": 1}}
     assert m.extra["layout"]["pos_dist_thr"] == 25.0
@@ -116,15 +95,13 @@ def test_tokyo247(tmp_path):
 
 def test_revisited(tmp_path):
     src = tmp_path / "roxford"
-    imlist, qimlist = ["all_souls_1", "radcliffe_2", "magdalen_3"], ["all_souls_q"]
-    for i, n in enumerate(imlist + qimlist):
-        _jpg(src / "jpg" / f"{n}.jpg", i)
-    gnd = {
-        "imlist": imlist,
-        "qimlist": qimlist,
-        "gnd": [{"bbx": [1.0, 2.0, 20.0, 20.0], "easy": np.array([0]), "hard": [2], "junk": [1]}],
-    }
-    (src / "gnd_roxford5k.pkl").write_bytes(pickle.dumps(gnd))
+    write_revisited(
+        src,
+        ["all_souls_1", "radcliffe_2", "magdalen_3"],
+        ["all_souls_q"],
+        [{"bbx": [1.0, 2.0, 20.0, 20.0], "easy": np.array([0]), "hard": [2], "junk": [1]}],
+        SIZE,
+    )
     m = ingest(str(src), str(tmp_path / "out"), "revisited")
     assert m.counts == {"db": {"day": 3}, "query": {"day": 1}}
     g = m.extra["layout"]["gnd"][0]

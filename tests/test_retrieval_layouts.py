@@ -5,21 +5,11 @@ saved network evaluates end to end through `evaluate_registered`."""
 
 from __future__ import annotations
 
-import io
-import pickle
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
+from layout_fixtures import write_revisited, write_tokyo247
 
-
-def _jpg(path: Path, seed: int, size=(40, 48)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (np.random.default_rng(seed).random((*size, 3)) * 255).astype(np.uint8)
-    b = io.BytesIO()
-    Image.fromarray(arr).save(b, "JPEG")
-    path.write_bytes(b.getvalue())
+SIZE = (40, 48)
 
 
 def _cfg(uri: str):
@@ -38,15 +28,8 @@ def roxford(tmp_path) -> str:
     from mdir.data.ingest import ingest
 
     src = tmp_path / "roxford"
-    imlist, qimlist = ["a_1", "b_2", "c_3", "d_4"], ["a_q"]
-    for i, n in enumerate(imlist + qimlist):
-        _jpg(src / "jpg" / f"{n}.jpg", i)
-    gnd = {
-        "imlist": imlist,
-        "qimlist": qimlist,
-        "gnd": [{"bbx": [0, 0, 9, 9], "easy": [0], "hard": [2], "junk": [1]}],
-    }
-    (src / "gnd_roxford5k.pkl").write_bytes(pickle.dumps(gnd))
+    gnd = [{"bbx": [0, 0, 9, 9], "easy": [0], "hard": [2], "junk": [1]}]
+    write_revisited(src, ["a_1", "b_2", "c_3", "d_4"], ["a_q"], gnd, SIZE)
     ingest(str(src), str(tmp_path / "out"), "revisited", workers=1)
     return str(tmp_path / "out")
 
@@ -72,32 +55,14 @@ def test_revisited_ground_truth_from_the_manifest(roxford):
 
 
 def test_tokyo_positives_within_25m_and_saved_model_eval(tmp_path):
-    from scipy.io import savemat
-
     from mdir.data.ingest import ingest
     from mdir.retrieval.evaluate import EvalSet, evaluate_registered
     from mdir.retrieval.model import build_model
     from mdir.retrieval.registry import save_model_files
 
     src = tmp_path / "tokyo"
-    db = ["00001/a_0.jpg", "00001/a_1.jpg", "00002/b_0.jpg"]
-    q = ["q/00001.jpg", "q/00002.jpg"]
-    for i, n in enumerate(db):
-        _jpg(src / "database" / n, i)
-    for i, n in enumerate(q):
-        _jpg(src / "query" / n, 10 + i)
-    st = {
-        "whichSet": "test",
-        "dbImageFns": np.array(db, dtype=object).reshape(-1, 1),
-        "utmDb": np.array([[100.0, 101.0, 900.0], [50.0, 50.0, 70.0]]),
-        "qImageFns": np.array(q, dtype=object).reshape(-1, 1),
-        "utmQ": np.array([[100.5, 860.0], [51.0, 71.0]]),
-        "posDistThr": 25.0,
-    }
-    savemat(src / "tokyo247.mat", {"dbStruct": st})
-    (src / "query_conditions.csv").write_text(
-        "name,condition\nq/00001.jpg,night\nq/00002.jpg,day\n"
-    )
+    queries = {"q/00001.jpg": "night", "q/00002.jpg": "day"}
+    write_tokyo247(src, queries, [[100.5, 860.0], [51.0, 71.0]], SIZE)
     out = str(tmp_path / "out")
     ingest(str(src), out, "tokyo247", workers=1)
     cfg = _cfg(out)
