@@ -116,3 +116,16 @@ def ray_cluster(services_dir: Path) -> Iterator[services.RayHead]:
             ray.shutdown()
     patch.undo()
     head.stop()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tests (`pytest.mark.usefixtures`): on the shared
+    2-core machine, OpenMP threads spin-waiting for a busy core make a tiny step ~50× slower
+    than single-threaded."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -12,14 +12,7 @@ from mdir import losses
 T = torch.tensor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, OpenMP threads spin-waiting for a
-    busy core make a tiny step ~50× slower than single-threaded."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_gan_loss_vanilla_is_bce_with_logits():

@@ -29,14 +29,7 @@ from mdir.methods.schedule import linear_decay
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, OpenMP threads spin-waiting for a
-    busy core make a tiny step ~50× slower than single-threaded."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CONDITIONS = ["day", "night", "snow"]

@@ -22,14 +22,7 @@ from mdir.metrics.features import (
 )
 from mdir.metrics.gan import evaluate_translation_detailed, uint8_to_unit, unit_to_uint8
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores, spinning OpenMP threads cost far more."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

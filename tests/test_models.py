@@ -41,14 +41,7 @@ PIX2PIX_G, PIX2PIX_D = 54_413_955, 2_768_705
 CYCLEGAN_G, CYCLEGAN_D = 11_378_179, 2_764_737
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, OpenMP threads spin-waiting for a
-    busy core make a tiny step ~50× slower than single-threaded."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_default_parameter_counts_equal_original():
