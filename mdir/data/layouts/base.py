@@ -161,6 +161,20 @@ def safe_unpickle(data: bytes):
     return _Restricted(_io.BytesIO(data), encoding="latin1").load()
 
 
+def read_first_pickle(src: str, names: list[str], layout: str) -> tuple[str, Any]:
+    """(name, safe-unpickled content) of the first of `names` under `src` that exists: the
+    retrieval benchmarks ship one ground-truth pickle per dataset variant (roxford5k /
+    rparis6k, SfM-120k / 30k) and a layout takes whichever is there."""
+    from mdir.data import io
+
+    fs, _ = io.get_fs(src)
+    for n in names:
+        uri = io.join(src, n)
+        if fs.exists(io.get_fs(uri)[1]):
+            return n, safe_unpickle(io.read_bytes(uri))
+    raise io.DataPathError(f"{src!r} has none of {names} ({layout} layout)")
+
+
 def read_pose_files(src: str, names: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
     """Poses from whichever of `names` exist under `src` (``name qw qx qy qz tx ty tz``)."""
     from mdir.data import io

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mdir.data import io
-from mdir.data.layouts.base import BadRow, Item, LayoutBase, safe_unpickle
+from mdir.data.layouts.base import BadRow, Item, LayoutBase, read_first_pickle
 
 
 def cid2path(cid: str) -> str:
@@ -31,17 +31,12 @@ class RetrievalSfMLayout(LayoutBase):
         self.dbname = name
 
     def _db(self, src: str) -> dict[str, Any]:
-        fs, _ = io.get_fs(src)
         names = (
             [f"{self.dbname}.pkl"]
             if self.dbname
             else ["retrieval-SfM-120k.pkl", "retrieval-SfM-30k.pkl"]
         )
-        for n in names:
-            uri = io.join(src, n)
-            if fs.exists(io.get_fs(uri)[1]):
-                return safe_unpickle(io.read_bytes(uri))
-        raise io.DataPathError(f"{src!r} has none of {names} (Retrieval-SfM layout)")
+        return read_first_pickle(src, names, "Retrieval-SfM")[1]
 
     def scan(self, src: str) -> Iterator[Item | BadRow]:
         db = self._db(src)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mdir.data import io
-from mdir.data.layouts.base import BadRow, Item, LayoutBase, safe_unpickle
+from mdir.data.layouts.base import BadRow, Item, LayoutBase, read_first_pickle
 
 
 class RevisitedLayout(LayoutBase):
@@ -29,17 +29,13 @@ class RevisitedLayout(LayoutBase):
         self.dataset = dataset
 
     def _gnd(self, src: str) -> tuple[str, dict[str, Any]]:
-        fs, root = io.get_fs(src)
         names = (
             [f"gnd_{self.dataset}.pkl"]
             if self.dataset
             else ["gnd_roxford5k.pkl", "gnd_rparis6k.pkl"]
         )
-        for n in names:
-            uri = io.join(src, n)
-            if fs.exists(io.get_fs(uri)[1]):
-                return n[4:-4], safe_unpickle(io.read_bytes(uri))
-        raise io.DataPathError(f"{src!r} has none of {names} (revisited Oxford/Paris layout)")
+        n, gnd = read_first_pickle(src, names, "revisited Oxford/Paris")
+        return n[4:-4], gnd
 
     def scan(self, src: str) -> Iterator[Item | BadRow]:
         _, g = self._gnd(src)
