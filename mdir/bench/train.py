@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
@@ -73,24 +73,14 @@ def _ray_run(cfg: Any, workers: int, threads: int, name: str) -> float:
 
 @app.command("train")
 def bench_train(
-    method: Annotated[str, typer.Argument(help="pix2pix | cyclegan | mduit")],
-    steps: Annotated[
-        int, typer.Option("--steps", help="Timed steps per variant (after 1 warm-up step).")
-    ] = 20,
-    size: Annotated[
-        int, typer.Option("--size", help="Image side (px) of the synthetic data.")
-    ] = 32,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Images per worker per step.")
-    ] = 2,
-    threads: Annotated[
-        int, typer.Option("--threads", help="Torch threads in total (split across workers).")
-    ] = 0,
-    data: Annotated[
-        str | None, typer.Option("--data", help="Dataset URI (default: synthesize a tiny one).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Write the JSON result here.")] = None,
+    method: str = typer.Argument(help="pix2pix | cyclegan | mduit"),
+    steps: int = typer.Option(20, help="Timed steps per variant (after 1 warm-up step)."),
+    size: int = typer.Option(32, help="Image side (px) of the synthetic data."),
+    batch_size: int = typer.Option(2, help="Images per worker per step."),
+    threads: int = typer.Option(0, help="Torch threads in total (split across workers)."),
+    data: str | None = typer.Option(None, help="Dataset URI (default: synthesize a tiny one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    out: Path | None = typer.Option(None, help="Write the JSON result here."),
 ) -> None:
     """Steps/s of the Ray Train loop with 1 and 2 workers vs a plain single-process loop."""
     from mdir.training.config import load_job_config
