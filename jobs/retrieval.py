@@ -44,30 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from mdir.config import ConfigError
-    from mdir.retrieval.config import load_retrieval_config
-    from mdir.retrieval.experiment import format_table, run_compare
-    from mdir.retrieval.train import LaunchError, run_training
+    from mdir.retrieval.experiment import run_job
+    from mdir.retrieval.train import LaunchError
 
     try:
-        overrides = args.overrides + (["scaling.num_workers=1"] if args.local else [])
-        cfg = load_retrieval_config(args.config, overrides)
-        if args.compare:
-            doc = run_compare(cfg, local=args.local)
-            print(format_table(doc), flush=True)
-        else:
-            r = run_training(cfg, local=args.local)
-            doc = {
-                "run_id": r.run_id,
-                "model_uri": r.model_uri,
-                "generator": r.generator,
-                "augment": r.augment,
-                "metrics": r.metrics,
-            }
-            for k, v in sorted(r.metrics.items()):
-                print(f"{k:<32} {v}", flush=True)
+        doc, text = run_job(args.config, args.overrides, compare=args.compare, local=args.local)
     except (ConfigError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    if text:
+        print(text, flush=True)
     print(json.dumps(doc, default=str), flush=True)
     return 0
 

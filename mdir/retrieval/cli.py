@@ -42,32 +42,15 @@ def train(
     with alias `candidate`. A missing dataset or unresolvable generator alias fails before
     any Ray resources are requested."""
     from mdir.config import ConfigError
-    from mdir.retrieval.config import load_retrieval_config
-    from mdir.retrieval.experiment import format_table, run_compare
-    from mdir.retrieval.train import LaunchError, run_training
+    from mdir.retrieval.experiment import run_job
+    from mdir.retrieval.train import LaunchError
 
     try:
-        cfg = load_retrieval_config(
-            config, list(override) + (["scaling.num_workers=1"] if local else [])
-        )
-        if compare:
-            doc = run_compare(cfg, local=local)
-            if not as_json:
-                typer.echo(format_table(doc))
-        else:
-            r = run_training(cfg, local=local)
-            doc = {
-                "run_id": r.run_id,
-                "model_uri": r.model_uri,
-                "generator": r.generator,
-                "augment": r.augment,
-                "metrics": r.metrics,
-            }
-            if not as_json:
-                for k, v in sorted(r.metrics.items()):
-                    typer.echo(f"{k:<32} {v}")
+        doc, text = run_job(config, list(override), compare=compare, local=local)
     except (ConfigError, LaunchError) as e:
         _fail(str(e))
+    if text and not as_json:
+        typer.echo(text)
     typer.echo(json.dumps(doc, default=str))
 
 

@@ -11,9 +11,10 @@ nothing is selected or tuned on them.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
-from mdir.retrieval.config import RetrievalJobConfig
+from mdir.retrieval.config import RetrievalJobConfig, load_retrieval_config
 from mdir.retrieval.train import LaunchError, RetrievalResult, run_training, validate_before_launch
 
 #: rows of the comparison table (metric key, label), in print order
@@ -117,3 +118,25 @@ def format_table(doc: dict[str, Any]) -> str:
             f"(rate {float(a.get('rate') or 0):.3f})"
         )
     return "\n".join(lines)
+
+
+def run_job(
+    config: str | Path, overrides: list[str], *, compare: bool = False, local: bool = False
+) -> tuple[dict[str, Any], str]:
+    """What `mdir retrieval train` and jobs/retrieval.py run, so both report the same: load
+    the config (`local`: one worker, in this process), train once or `compare`; returns the
+    result document and its plain-text summary (the comparison table, or one line per
+    metric). Raises `ConfigError` / `LaunchError` before any training."""
+    cfg = load_retrieval_config(config, [*overrides, *(["scaling.num_workers=1"] if local else [])])
+    if compare:
+        doc = run_compare(cfg, local=local)
+        return doc, format_table(doc)
+    r = run_training(cfg, local=local)
+    doc = {
+        "run_id": r.run_id,
+        "model_uri": r.model_uri,
+        "generator": r.generator,
+        "augment": r.augment,
+        "metrics": r.metrics,
+    }
+    return doc, "\n".join(f"{k:<32} {v}" for k, v in sorted(r.metrics.items()))
