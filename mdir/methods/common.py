@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from mdir import losses
 from mdir.methods.schedule import linear_decay
 
 DataMode = Literal["unpaired", "paired", "single"]
@@ -49,6 +50,8 @@ class GANMethod:
     #: optimiser name → network names it updates (trainable parameters only)
     optim_groups: ClassVar[dict[str, tuple[str, ...]]]
     frozen: tuple[str, ...] = ()
+    #: generator loss term → weight (`losses.weighted_sum`), set by each method
+    weights: dict[str, float]
 
     def __init__(self, cfg: Any, device: torch.device | str | None = None):
         self.cfg = cfg
@@ -89,6 +92,21 @@ class GANMethod:
         if not self.optimizers:
             self.configure_optimizers()  # single-process use without a loop
         return self.optimizers[name]
+
+    def _update(self, name: str, loss: Tensor) -> None:
+        """One step of optimiser `name` on `loss` (its gradients cleared first); every
+        method's G and D steps end this way."""
+        opt = self._optim(name)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def _update_generator(self, terms: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """The G step from its named loss terms weighted by `self.weights`; returns the total
+        and the unweighted terms for logging (call with the discriminators frozen)."""
+        loss, logs = losses.weighted_sum(terms, self.weights)
+        self._update("G", loss)
+        return loss, logs
 
     def _to_device(self, batch: dict[str, Tensor], keys: tuple[str, ...]) -> list[Tensor]:
         missing = [k for k in keys if k not in batch]

@@ -73,8 +73,6 @@ class CycleGAN(GANMethod):
 
         # G step with both D's frozen
         set_requires_grad([n["D_A"], n["D_B"]], False)
-        opt_g = self._optim("G")
-        opt_g.zero_grad(set_to_none=True)
         terms = {
             "G_A": losses.gan_loss(raw(n["D_A"])(fake_b), True, kind),
             "G_B": losses.gan_loss(raw(n["D_B"])(fake_a), True, kind),
@@ -84,20 +82,15 @@ class CycleGAN(GANMethod):
         if self.cfg.lambda_identity > 0:
             terms["idt_A"] = losses.identity_loss(n["G_A"](real_b), real_b)
             terms["idt_B"] = losses.identity_loss(n["G_B"](real_a), real_a)
-        loss_g, logs = losses.weighted_sum(terms, self.weights)
-        loss_g.backward()
-        opt_g.step()
+        loss_g, logs = self._update_generator(terms)
 
         # D step on pooled fakes
         set_requires_grad([n["D_A"], n["D_B"]], True)
-        opt_d = self._optim("D")
-        opt_d.zero_grad(set_to_none=True)
         pooled_b = self.pool_b.query(fake_b)
         pooled_a = self.pool_a.query(fake_a)
         loss_da = losses.discriminator_loss(n["D_A"](real_b), n["D_A"](pooled_b), kind)
         loss_db = losses.discriminator_loss(n["D_B"](real_a), n["D_B"](pooled_a), kind)
-        (loss_da + loss_db).backward()
-        opt_d.step()
+        self._update("D", loss_da + loss_db)
         return {
             **logs,
             "G": float(loss_g.detach()),

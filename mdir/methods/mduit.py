@@ -230,8 +230,6 @@ class MDUIT(GANMethod):
             negs = torch.stack([torch.cat([z_sn[i : i + 1], *queue], 0) for i in range(b)], 0)
 
         set_requires_grad([n["D_i"], n["D_a"]], False)
-        opt_g = self._optim("G")
-        opt_g.zero_grad(set_to_none=True)
         terms = {
             "adv_i": losses.gan_loss(raw(n["D_i"])(fake), True, kind),
             "adv_a": losses.gan_loss(raw(n["D_a"])(torch.cat([i_t, fake], 1)), True, kind),
@@ -241,13 +239,9 @@ class MDUIT(GANMethod):
             "con_a": losses.filter_cosine_loss(w_t, w_st, w_tn),
             "nce": losses.nce_loss(z_s, z_st, negs, self.cfg.tau),
         }
-        loss_g, logs = losses.weighted_sum(terms, self.weights)
-        loss_g.backward()
-        opt_g.step()
+        loss_g, logs = self._update_generator(terms)
 
         set_requires_grad([n["D_i"], n["D_a"]], True)
-        opt_d = self._optim("D")
-        opt_d.zero_grad(set_to_none=True)
         fake_d = fake.detach()
         loss_di = losses.discriminator_loss(
             n["D_i"](torch.cat([i_s, i_t], 0)), n["D_i"](fake_d), kind
@@ -255,8 +249,7 @@ class MDUIT(GANMethod):
         loss_da = losses.discriminator_loss(
             n["D_a"](torch.cat([i_t, i_tp], 1)), n["D_a"](torch.cat([i_t, fake_d], 1)), kind
         )
-        (loss_di + loss_da).backward()
-        opt_d.step()
+        self._update("D", loss_di + loss_da)
 
         if bank_negs is None:  # explicit mode: remember recent sources as future negatives
             self.queue = ([z_s[i].detach().unsqueeze(0) for i in range(b)] + self.queue)[

@@ -58,27 +58,20 @@ class Pix2Pix(GANMethod):
 
         # D step: maximise log D(A,B) + log(1 − D(A,G(A)))
         set_requires_grad([D], True)
-        opt_d = self._optim("D")
-        opt_d.zero_grad(set_to_none=True)
         pred_fake = D(torch.cat([real_a, fake_b.detach()], 1))
         pred_real = D(torch.cat([real_a, real_b], 1))
         loss_d_fake = losses.gan_loss(pred_fake, False, kind)
         loss_d_real = losses.gan_loss(pred_real, True, kind)
         loss_d = 0.5 * (loss_d_fake + loss_d_real)
-        loss_d.backward()
-        opt_d.step()
+        self._update("D", loss_d)
 
         # G step: D frozen (and called unwrapped, see mdir.methods.common)
         set_requires_grad([D], False)
-        opt_g = self._optim("G")
-        opt_g.zero_grad(set_to_none=True)
         terms = {
             "G_GAN": losses.gan_loss(raw(D)(torch.cat([real_a, fake_b], 1)), True, kind),
             "G_L1": losses.l1_loss(fake_b, real_b),
         }
-        loss_g, logs = losses.weighted_sum(terms, self.weights)
-        loss_g.backward()
-        opt_g.step()
+        loss_g, logs = self._update_generator(terms)
         set_requires_grad([D], True)
         return {
             **logs,
