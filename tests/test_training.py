@@ -61,6 +61,16 @@ def test_method_must_match_job(tmp_path):
         load_job_config(cfg_file, [], method="mduit")
 
 
+def test_resume_position_at_and_inside_epochs():
+    from mdir.training.loop import resume_position
+
+    # mid-epoch: continue the same epoch where it stopped, the LR step is still to come
+    assert resume_position(epoch=2, step_in_epoch=3, steps_per_epoch=5) == (2, 3, False)
+    # after the epoch's last step: next epoch from its start, and the LR step is owed
+    assert resume_position(epoch=2, step_in_epoch=5, steps_per_epoch=5) == (3, 0, True)
+    assert resume_position(epoch=0, step_in_epoch=0, steps_per_epoch=5) == (0, 0, False)
+
+
 def test_checkpoint_roundtrip_weights_only(tmp_path):
     torch.manual_seed(0)
     m = training_fakes.FakeMethod(None, torch.device("cpu"))

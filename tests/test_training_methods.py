@@ -27,6 +27,11 @@ MODE = {"pix2pix": "paired", "cyclegan": "unpaired", "mduit": "single"}
 # MDUIT goes through the real Ray Data pipeline (as the demo does); the others use the
 # in-memory loader to keep the suite inside its time budget on 2 cores.
 LOADER = {"pix2pix": "memory", "cyclegan": "memory", "mduit": "ray_data"}
+# CycleGAN also runs the final evaluation (KID on a seeded random Inception: no weights here)
+EVAL = {
+    "cyclegan": ["train.evaluate=true", "train.eval_images=4", "eval.metrics=[kid]",
+                 "eval.allow_random_features=true", "eval.kid_subset_size=2", "eval.kid_subsets=4"],
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +72,7 @@ def test_method_trains_registers_and_translates(
         [
             f"method.name={method}", f"data.uri={data}", f"data.mode={MODE[method]}", f"train.loader={LOADER[method]}",
             f"storage.path={tmp_path / 'runs'}", f"storage.name={method}-reg", "train.max_steps=2",
-            "mlflow.dataset_name=synth-tests", *WIDTHS[method],
+            "mlflow.dataset_name=synth-tests", *WIDTHS[method], *EVAL.get(method, []),
         ],
     )  # fmt: skip
     r = train(cfg)
@@ -82,6 +87,9 @@ def test_method_trains_registers_and_translates(
     assert any(k.startswith("loss/") for k in run.data.metrics)
     assert "throughput/images_per_s" in run.data.metrics
     assert run.data.params["method.name"] == method
+    if method in EVAL:  # evaluated: the metric and the tag both say the features were random
+        assert "eval/kid_random_inception" in run.data.metrics
+        assert run.data.tags["mdir.feature_extractor"].startswith("random_inception")
     arts = {a.path for a in client.list_artifacts(r.mlflow_run_id)}
     assert {"samples", "checkpoint", "config", "model_card.md"} <= arts
     mv = client.get_model_version_by_alias(f"mdir-{method}-synth-tests", "candidate")

@@ -151,9 +151,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 rank=rank,
             )
         method.load_state_dict(state["method"])
-        step, start_epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-        if step_in_epoch >= spe:  # checkpoint taken at the end of an epoch
-            start_epoch, step_in_epoch = start_epoch + 1, 0
+        step = state["step"]
+        start_epoch, step_in_epoch, epoch_done = resume_position(
+            state["epoch"], state["step_in_epoch"], spe
+        )
+        if epoch_done:  # the per-epoch LR step had not run when that checkpoint was taken
+            for s in schedulers.values():
+                s.step()
         run_id = state["extra"].get("mlflow_run_id") or None
         resumed_from = step
         if rank == 0:
@@ -305,6 +309,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     report(final=True)
 
 
+def resume_position(epoch: int, step_in_epoch: int, steps_per_epoch: int) -> tuple[int, int, bool]:
+    """Where a resumed attempt starts: (epoch, step within it, whether the checkpoint was
+    taken after the last step of `epoch`). A checkpoint at an epoch's last step is saved
+    before that epoch's LR-scheduler step and before the next `on_epoch_start`; resuming
+    must finish the one and run the other once, not repeat the finished epoch."""
+    if step_in_epoch >= steps_per_epoch:
+        return epoch + 1, 0, True
+    return epoch, step_in_epoch, False
+
+
 # ---------------------------------------------------------------------------- rank-0 helpers
 
 
@@ -407,7 +421,8 @@ def _evaluate(
     if not cfg.train.evaluate:
         return {}
     try:
-        from mdir.metrics.gan import evaluate_translation
+        from mdir.metrics.gan import evaluate_translation, feature_extractor_tag
+        from mdir.metrics.naming import MLFLOW_TAG
     except ModuleNotFoundError:
         return {}
     try:
@@ -423,6 +438,8 @@ def _evaluate(
         log.info("eval at step %d (%.1f s): %s", step, time.perf_counter() - t0, metrics)
         if tracker is not None:
             tracker.log_metrics(metrics, step)
+            # which network produced these numbers (random Inception is never "the" FID)
+            tracker.set_tags({MLFLOW_TAG: feature_extractor_tag(cfg.eval)})
         return metrics
     except Exception as e:  # metrics must not kill a long training job
         log.warning("evaluation at step %d failed: %s", step, e)
