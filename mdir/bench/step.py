@@ -1,4 +1,4 @@
-"""`mdir bench step METHOD`: one training step at 256×256, batch 1, on this CPU.
+"""`mdir bench step METHOD`: one training step at 256×256, batch 1, on this CPU (or a GPU).
 
 Variants of the *same* method and networks, measured side by side in one process:
 
@@ -7,7 +7,12 @@ Variants of the *same* method and networks, measured side by side in one process
 * ``channels_last``  — networks and inputs in NHWC memory format (oneDNN's native layout);
 * ``compile``        — every network compiled with ``torch.compile`` (inductor), in place
                        (``nn.Module.compile``), so the method code is unchanged;
-* ``compile_cl``     — both.
+* ``compile_cl``     — both;
+* ``bf16``           — the step under ``torch.autocast(bfloat16)``, what training runs on a
+                       GPU (``train.amp: auto``); on CPU it is rarely faster.
+
+``--device cuda`` runs every variant on the GPU (the step's ``float(loss)`` calls already
+synchronise; the timer also calls ``torch.cuda.synchronize``).
 
 Each variant is built from the same seed, warmed up (the first compiled steps include the
 compilation, reported as ``compile_s`` and time-boxed by ``--compile-timeout``: a variant whose
@@ -34,7 +39,7 @@ import typer
 from mdir.bench.cli import app
 from mdir.bench.common import write_json
 
-VARIANTS = ("eager", "channels_last", "compile", "compile_cl")
+VARIANTS = ("eager", "channels_last", "compile", "compile_cl", "bf16")
 
 
 class _Timeout(Exception):
@@ -67,25 +72,27 @@ def _bench_config(method: str, lite: bool) -> Any:
     raise typer.BadParameter(f"unknown method {method!r}; valid: pix2pix, cyclegan, mduit")
 
 
-def _batch(method: str, size: int, batch: int, channels_last: bool) -> dict[str, Any]:
+def _batch(
+    method: str, size: int, batch: int, channels_last: bool, device: str = "cpu"
+) -> dict[str, Any]:
     import torch
 
     g = torch.Generator().manual_seed(0)
     keys = ("A", "T", "T_pos", "S_neg", "T_neg") if method == "mduit" else ("A", "B")
     out = {}
     for k in keys:
-        x = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
+        x = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device)
         out[k] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     return out
 
 
-def _build(method: str, cfg: Any, variant: str) -> Any:
+def _build(method: str, cfg: Any, variant: str, device: str = "cpu") -> Any:
     import torch
 
     from mdir.methods import METHODS
 
     torch.manual_seed(0)
-    m = METHODS[method](cfg, "cpu")
+    m = METHODS[method](cfg, torch.device(device))
     if variant in ("channels_last", "compile_cl"):
         for net in m.networks.values():
             net.to(memory_format=torch.channels_last)
@@ -114,13 +121,32 @@ def step(
         300, help="Seconds allowed for a compiled variant's warm-up (compilation)."
     ),
     threads: int = typer.Option(0, help="torch intra-op threads (0 = PyTorch's default)."),
+    device: str = typer.Option("cpu", help="cpu or cuda (the bf16 variant is the GPU setting)."),
     lite: bool = typer.Option(False, help="Narrow networks (smoke test), not the paper widths."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     out: Path | None = typer.Option(None, "--out", help="Also write the JSON result here."),
 ) -> None:
-    """Training steps/s of METHOD (256×256, batch 1, CPU): eager baseline vs channels-last
-    and torch.compile variants, side by side, with the ratio to eager."""
+    """Training steps/s of METHOD (256×256, batch 1, CPU): eager baseline vs channels-last,
+    torch.compile and bf16-autocast variants, side by side, with the ratio to eager."""
+    import contextlib
+
     import torch
+
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("--device cuda: no CUDA device visible to torch")
+
+    def amp(v: str) -> Any:
+        if v != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+    def run_step(v: str, m: Any, b: dict[str, Any]) -> None:
+        with amp(v):
+            m.train_step(b)
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -137,8 +163,8 @@ def step(
 
     for v in chosen:
         t0 = time.perf_counter()
-        m = _build(method, cfg, v)
-        b = _batch(method, size, batch, v in ("channels_last", "compile_cl"))
+        m = _build(method, cfg, v, device)
+        b = _batch(method, size, batch, v in ("channels_last", "compile_cl"), device)
         setup = time.perf_counter() - t0
         compiled = v.startswith("compile")
         old = signal.signal(signal.SIGALRM, _alarm) if compiled else None
@@ -148,7 +174,7 @@ def step(
         t0 = time.perf_counter()
         try:
             for _ in range(warmup):
-                m.train_step(b)
+                run_step(v, m, b)
         except Exception as e:  # the alarm arrives wrapped (e.g. InductorError) from inside compile
             if not compiled:
                 raise
@@ -177,7 +203,7 @@ def step(
         for v, (m, b) in live.items():
             for _ in range(steps):
                 t0 = time.perf_counter()
-                m.train_step(b)
+                run_step(v, m, b)
                 times[v].append(time.perf_counter() - t0)
         log(
             f"round {r + 1}/{rounds}: "
@@ -201,6 +227,8 @@ def step(
         "size": size,
         "batch": batch,
         "lite": lite,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "baseline": "eager",
         "variants": res,
