@@ -198,4 +198,6 @@ def test_bench_data_smoke(ray_ctx, tmp_path):
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["images_in_split"] == 40
     assert r["candidate"]["images"] == r["baseline"]["images"] == 2 * (40 // 4) * 4
+    parts = r["candidate"]["peak_pss_mb_by_part"]  # this process at least is "pipeline"
+    assert parts["pipeline"] > 0 and r["memory_ratio_pipeline_only"] > 0
     assert r["ratio"] > 0 and r["baseline"]["peak_pss_mb"] > 0 and "ratio_steady" in r
