@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -72,6 +73,16 @@ class _EnvPatch:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # `timeout`/CI cancellation sends SIGTERM, which by default ends Python without running
+    # atexit: turn it into SystemExit so the services below are still stopped (no orphans)
+    raise SystemExit(128 + signum)
+
+
+if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 def _started(svc: services._Service) -> None:
