@@ -12,6 +12,8 @@ machinery they share.
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,14 +35,49 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the file and every bad field."""
 
 
-def format_validation_error(err: ValidationError, source: str = "config") -> str:
-    """One line per problem, each starting with the dotted path of the field."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config models an annotation can hold (unwrapping Optional / Union / Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in _models_in(a)]
+
+
+def _section_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys of the section that holds the last element of `loc` ([] if unknown).
+    A discriminated union (e.g. `method`) puts its tag into `loc`: it selects the member."""
+    current: list[type[BaseModel]] = [model] if model is not None else []
+    for part in loc[:-1]:
+        if len(current) > 1:  # union: `part` is the tag value of one member
+            current = [m for m in current if str(part) in _tag_values(m)]
+            continue
+        field = current[0].model_fields.get(str(part)) if current else None
+        if field is None:
+            return []
+        current = _models_in(field.annotation)
+    return sorted(current[0].model_fields) if len(current) == 1 else []
+
+
+def _tag_values(model: type[BaseModel]) -> set[str]:
+    f = model.model_fields.get("name")
+    args = typing.get_args(f.annotation) if f is not None else ()
+    return {str(a) for a in args} | ({str(f.default)} if f is not None else set())
+
+
+def format_validation_error(
+    err: ValidationError, source: str = "config", model: type[BaseModel] | None = None
+) -> str:
+    """One line per problem, each starting with the dotted path of the field; an unknown
+    key also gets the closest valid key of its section and the list of valid ones."""
     lines = [f"invalid {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the schema with --help)"
+            keys = _section_keys(model, tuple(e["loc"]))
+            close = difflib.get_close_matches(str(e["loc"][-1]), keys, n=1)
+            msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+            if keys:
+                msg += f"; valid keys here: {', '.join(keys)}"
         inp = e.get("input")
         shown = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {inp!r})"
         lines.append(f"  {loc}: {msg}{shown}")
@@ -105,10 +142,12 @@ def validate(model: type[T], data: dict[str, Any], source: str = "config") -> T:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, model)) from None
 
 
-def load_config(model: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+def load_config(
+    model: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
     """YAML file (optional) + ``key=value`` overrides → validated `model` instance."""
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides)

@@ -34,6 +34,22 @@ def test_unknown_key_names_field(tmp_path):
         load_config(Outer, p)
 
 
+def test_unknown_key_suggests_the_closest_valid_one_of_its_section():
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, None, ["opt.betass=[0.5, 0.9]"])
+    assert "did you mean 'betas'?" in str(e.value)
+    assert "valid keys here: betas, lr" in str(e.value)
+
+
+def test_unknown_key_inside_a_method_union_lists_that_methods_keys():
+    from mdir.training.config import load_job_config
+
+    with pytest.raises(ConfigError) as e:
+        load_job_config(None, ["method.name=cyclegan", "method.n_block=3", "data.uri=/x"])
+    msg = str(e.value)
+    assert "n_block: unknown key (did you mean 'n_blocks'?)" in msg and "lambda_cyc" in msg
+
+
 def test_wrong_type_names_field():
     with pytest.raises(ConfigError, match=r"opt\.lr: .*greater than 0"):
         load_config(Outer, None, ["opt.lr=-1"])
