@@ -61,6 +61,22 @@ def test_method_must_match_job(tmp_path):
         load_job_config(cfg_file, [], method="mduit")
 
 
+def test_missing_validation_split_fails_before_launch_when_evaluating(tmp_path):
+    from mdir.data.synth import synthesize
+    from mdir.training.run import validate_before_launch
+
+    data = tmp_path / "d"
+    synthesize(str(data), places=2, conditions=["day", "night"], size=16, poses_per_place=1)
+    base = ["method.name=cyclegan", f"data.uri={data}", f"storage.path={tmp_path / 'runs'}"]
+    bad = [*base, "data.val_split=holdout", "train.evaluate=true"]
+    with pytest.raises(ConfigError, match=r"data\.val_split: split 'holdout'"):
+        validate_before_launch(load_job_config(TINY, bad), check_cluster=False)
+    # without evaluation the validation split is not needed
+    validate_before_launch(
+        load_job_config(TINY, [*base, "data.val_split=holdout"]), check_cluster=False
+    )
+
+
 def test_resume_position_at_and_inside_epochs():
     from mdir.training.loop import resume_position
 

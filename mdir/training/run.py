@@ -108,11 +108,15 @@ def _check_data(cfg: TrainJobConfig) -> None:
         m = read_manifest(cfg.data.uri)
     except Exception as e:
         raise ConfigError(f"data.uri: {e}") from None
-    for fld in ("train_split",):
+    # the validation split feeds evaluation (FID curves, Tune's ranking): without it a run
+    # (or every trial of a sweep) would train to the end and never report its metric
+    fields = ("train_split", "val_split") if cfg.train.evaluate else ("train_split",)
+    for fld in fields:
         split = getattr(cfg.data, fld)
         if split not in m.splits:
+            hint = " (or train.evaluate=false)" if fld == "val_split" else ""
             raise ConfigError(
-                f"data.{fld}: split {split!r} not in {cfg.data.uri!r} (has {m.splits})"
+                f"data.{fld}: split {split!r} not in {cfg.data.uri!r} (has {m.splits}){hint}"
             )
     # Paired rows carry domain A's condition only (image_b is the other domain) and the
     # paired pipeline does not filter by condition, so domains are checked for the others.
