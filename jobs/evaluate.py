@@ -1,4 +1,4 @@
-"""`ray job submit --working-dir . -- python jobs/evaluate.py gan --model models:/NAME@ALIAS
+"""`ray job submit --working-dir . -- python jobs/evaluate.py --model models:/NAME@ALIAS
 --data URI --source day --target night [--json]`: GAN evaluation as a Ray job.
 
 Thin entrypoint: the arguments are those of `mdir eval` (see `mdir eval gan --help`).
