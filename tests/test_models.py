@@ -148,6 +148,7 @@ def test_retrieval_net_tiny_and_vgg():
 
 def test_load_vgg16_sources(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub_home"))
+    monkeypatch.delenv("MDIR_VGG16_WEIGHTS", raising=False)
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         load_vgg16(None, allow_random=False)
     model, label = load_vgg16(None, allow_random=True)
@@ -160,6 +161,11 @@ def test_load_vgg16_sources(tmp_path, monkeypatch):
     model, label = load_vgg16(str(path))
     assert label == f"file:{path}"
     assert torch.equal(model.features[0].weight, src.features[0].weight)
+    # the same file through the environment (what cluster workers get), config source unset
+    monkeypatch.setenv("MDIR_VGG16_WEIGHTS", str(path))
+    model, label = load_vgg16(None)
+    assert label == f"file:{path}" and torch.equal(model.features[2].weight, src.features[2].weight)
+    monkeypatch.delenv("MDIR_VGG16_WEIGHTS")
     # the torch hub cache file is picked up when present
     cache = tmp_path / "hub_home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)

@@ -5,7 +5,8 @@ weights it carries, so that every number computed with random weights can be lab
 
 * ``source`` a path (``.pth``/``.pt`` state dict loaded with ``weights_only=True``, or
   ``.safetensors``), optionally prefixed ``file://``: label ``"file:<path>"``;
-* ``source`` None: the torchvision enum file (``vgg16-397923af.pth``) when it is already in
+* ``source`` None: the file named by ``$MDIR_VGG16_WEIGHTS`` / ``$MDIR_RESNET50_WEIGHTS``
+  (how a cluster's workers get a path without editing configs), else the torchvision enum file (``vgg16-397923af.pth``) when it is already in
   the torch hub cache (``$TORCH_HOME/hub/checkpoints``): label ``"torchvision:IMAGENET1K_V1"``;
 * otherwise random init if ``allow_random`` (label ``"random"``), else a `FileNotFoundError`
   that says where weights were looked for. Nothing is ever downloaded.
@@ -94,6 +95,7 @@ def load_trunk(
 ) -> tuple[nn.Module, str]:
     """A torchvision `arch` ("vgg16" | "resnet50") with pretrained weights (see module doc)."""
     model = _build(arch)
+    source = source or os.environ.get(f"MDIR_{arch.upper()}_WEIGHTS") or None
     if source:
         path = Path(source.removeprefix("file://")).expanduser()
         if not path.is_file():
