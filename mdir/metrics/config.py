@@ -21,8 +21,9 @@ class EvalConfig(StrictModel):
     )
     split: str = Field(
         "val",
-        description="Evaluation split. Model selection (training curves, Tune) must use the "
-        "validation split; the test split is only for the final report.",
+        description="Split that `mdir eval` / jobs/evaluate.py evaluate. Training curves and Tune "
+        "always evaluate on data.val_split (model selection never sees the test split); use the "
+        "test split here only for the final report.",
     )
     num_images: int | None = Field(
         None,
