@@ -588,9 +588,13 @@ class RayHead(_Service):
         if not self.owned:
             return
         ordered = self._stop_pids()
-        # raylet first and give it a moment, then the rest, GCS last
+        gcs = [p for p, c in self.ray_pids() if "gcs_server" in c]
+        # raylet first and give it a moment, then the rest while the GCS still runs (the
+        # autoscaler monitor reports its SIGTERM to the GCS and, with the GCS gone, hangs in
+        # reconnect retries until SIGKILLed: 20 s per session), GCS last
         if ordered:
             _terminate(ordered[:1], None, timeout=5.0)
+        _terminate([p for p in ordered[1:] if p not in gcs], None, timeout=5.0)
         _terminate(ordered[1:], self.pgid, timeout=timeout)
         left = [p for p, _ in self.ray_pids()]
         _terminate(left, None, timeout=2.0)
