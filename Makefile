@@ -24,16 +24,15 @@ uv: ## install uv if it is missing (from PyPI, no other download)
 install: uv ## install everything from uv.lock into .venv
 	$(UV) sync --frozen --python $(PY)
 
-# Quarantined: this end-to-end file passed alone but failed in the integrated run on the
-# overloaded founding machine. It stays runnable with `make test-quarantine` until verified
-# on a quiet machine.
-QUARANTINE := tests/test_retrieval_job.py
+# Quarantine: end-to-end files that are not yet reliable in the integrated run, excluded from
+# `make test` and runnable with `make test-quarantine`. Empty: every file runs.
+QUARANTINE :=
 
-test: install ## install and run the test suite (fast + slow, minus the quarantine below)
+test: install ## install and run the test suite (fast + slow, minus any quarantined file)
 	$(RUN) pytest -q -m "slow or not slow" --durations=15 $(addprefix --ignore=,$(QUARANTINE))
 
-test-quarantine: install ## the quarantined end-to-end tests (retrieval job)
-	$(RUN) pytest -q $(QUARANTINE)
+test-quarantine: install ## the quarantined end-to-end tests (none at present)
+	$(if $(strip $(QUARANTINE)),$(RUN) pytest -q $(QUARANTINE),@echo "nothing is quarantined")
 
 test-fast: install ## the fast tests only
 	$(RUN) pytest -q -m "not slow"

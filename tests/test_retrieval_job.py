@@ -88,10 +88,14 @@ def _cfg(synth: str, tmp_path, **over):
 
 
 def test_missing_generator_alias_fails_before_training(synth, tmp_path, mlflow_server):
+    import mlflow
     from mlflow import MlflowClient
 
     from mdir.retrieval.train import LaunchError, run_training
 
+    # another experiment active in this process (as a user's notebook or an earlier test
+    # leaves it) must not stop registering into a run of a different experiment
+    mlflow.set_experiment("some-other-experiment")
     uri, _ = _register_tiny_cyclegan(
         synth, tmp_path, "mdir-cyclegan-rsynth-noalias", alias="candidate"
     )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,24 @@ def model_card(cfg: Any, metrics: dict[str, float], step: int) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def _resumed_run(client: Any, run_id: str) -> Iterator[None]:
+    """`mlflow.start_run(run_id)` for a run of any experiment. MLflow refuses to resume a
+    run outside the process's active experiment (whatever an earlier `mlflow.set_experiment`
+    in this process chose), so switch to the run's experiment for the duration and give the
+    caller's choice back afterwards."""
+    import mlflow
+    from mlflow.tracking import fluent
+
+    previous = getattr(fluent, "_active_experiment_id", None)
+    fluent._active_experiment_id = client.get_run(run_id).info.experiment_id
+    try:
+        with mlflow.start_run(run_id=run_id):
+            yield
+    finally:
+        fluent._active_experiment_id = previous
+
+
 def register_generator(
     cfg: Any,
     weights_path: str,
@@ -106,7 +126,7 @@ def register_generator(
         Path(cfg_path).write_text(json.dumps(cfg.method.model_dump(mode="json"), indent=2))
         w_path = os.path.join(d, "generator.safetensors")
         Path(w_path).write_bytes(Path(weights_path).read_bytes())
-        with mlflow.start_run(run_id=run_id):
+        with _resumed_run(client, run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN,
                 python_model=PYFUNC_FILE,
