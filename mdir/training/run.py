@@ -207,7 +207,12 @@ def ensure_ray(address: str | None = None) -> None:
         from mdir.services import start_ray_head
 
         head = start_ray_head(tempfile.mkdtemp(prefix="mdir-ray-"), num_cpus=os.cpu_count() or 2)
-        atexit.register(head.stop)
+
+        def _stop() -> None:  # disconnect first: a driver whose head vanishes exits with 1
+            ray.shutdown()
+            head.stop()
+
+        atexit.register(_stop)
         head.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True)
 
 
