@@ -438,13 +438,14 @@ def tune(
     if rc != 0:
         _say(f"\nthe sweep failed (exit {rc}): see {outd / 'tune_job.log'}")
         raise typer.Exit(1)
-    board = res.get("leaderboard") or []
-    if board:
-        _say("\nleaderboard:")
-        for i, row in enumerate(board[:10], 1):
+    md = Path(res.get("path") or "", "leaderboard.md")
+    if res.get("path") and md.is_file():  # the table the sweep wrote (ranked by its metric)
+        _say(f"\nleaderboard ({res.get('metric')}, {res.get('mode')}):\n{md.read_text()}")
+    else:
+        for i, row in enumerate((res.get("leaderboard") or [])[:10], 1):
             _say(f"  {i:2d}. " + json.dumps(row, default=str)[:160])
-    champ = res.get("champion_uri") or res.get("champion") or res.get("model_uri")
-    _say(f"champion: {champ}")
+    champ = res.get("champion_uri")
+    _say(f"champion: {champ or 'none (no trial registered a generator; see the job log)'}")
     _say(f"MLflow UI: {mlflow.uri}   result: {outd / 'tune_result.json'}")
 
 

@@ -263,3 +263,18 @@ def test_best_point_and_metric_keys():
     )
     assert row == {"step": 8, "fid_random_inception": 1.5, "kid_random_inception": 0.1}
     assert not math.isnan(row["fid_random_inception"])
+
+
+def test_driver_env_inside_a_job_leaves_out_the_jobs_own_variables():
+    """Ray refuses ray.init(runtime_env) inside `ray job submit` when a variable is set by
+    both (make demo-tune failed on it): the job's keys are found and left out."""
+    import json
+
+    from mdir.tune.runner import _job_env_keys
+
+    job = {"runtime_env": {"working_dir": "gcs://x.zip", "env_vars": {"MLFLOW_TRACKING_URI": "u"}}}
+    assert _job_env_keys({"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job)}) == {
+        "MLFLOW_TRACKING_URI"
+    }
+    assert _job_env_keys({}) == set()
+    assert _job_env_keys({"RAY_JOB_CONFIG_JSON_ENV_VAR": "not json"}) == set()

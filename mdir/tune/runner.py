@@ -12,6 +12,7 @@ adding child runs to the same parent.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -27,6 +28,8 @@ from mdir.tune.space import TuneSpace, base_dict, expand, validate_trials
 from mdir.tune.trainable import LABEL_TAG, SWEEP_TAG, TRIAL_TAG, completed_trials, trial_fn
 
 STATE_FILE = "mdir_sweep.json"
+
+log = logging.getLogger("mdir.tune")
 
 
 @dataclass
@@ -159,7 +162,29 @@ def _ensure_ray() -> None:
     if addr and addr.split("://")[-1].startswith("127.0.0.1"):
         use_loopback()  # keep the loopback address the head advertises (DESIGN.md pitfalls)
     env_vars = {**bytecode_cache_env(), **forward_env()}
-    ray.init(address=addr, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+    # Inside `ray job submit` Ray merges this runtime_env with the job's and refuses any
+    # variable both set (even to the same value): send only what the job does not set.
+    job_keys = _job_env_keys()
+    env_vars = {k: v for k, v in env_vars.items() if k not in job_keys}
+    ray.init(
+        address=addr,
+        runtime_env={"env_vars": env_vars} if env_vars else None,
+        log_to_driver=True,
+    )
+
+
+def _job_env_keys(environ: dict[str, str] | None = None) -> set[str]:
+    """Environment variables the enclosing Ray job's runtime_env sets (empty outside a job)."""
+    import json
+
+    raw = (os.environ if environ is None else environ).get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return set()
+    try:
+        runtime_env = json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return set()
+    return set((runtime_env.get("env_vars") or {}).keys())
 
 
 def bytecode_cache_env(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -527,9 +552,21 @@ def _finish_parent(
         client.log_metric(rid, f"best_{space.metric.name}", best.score)  # type: ignore[arg-type]
         client.set_tag(rid, "mdir.tune.best_trial", best.label)
         client.set_tag(rid, "mdir.tune.best_run_id", best.run_id or "")
-        if space.register_champion and best.model_uri:
-            champion = set_champion(client, best.model_uri, sweep=result.name)
+        # The champion must be a model that exists: a trial ASHA stopped early never ran to
+        # its end and registered nothing, so crown the best-ranked trial with a generator.
+        crowned = next((r for r in result.rows if r.score is not None and r.model_uri), None)
+        if space.register_champion and crowned is not None and crowned.model_uri:
+            champion = set_champion(client, crowned.model_uri, sweep=result.name)
             client.set_tag(rid, "mdir.tune.champion_uri", champion)
+            client.set_tag(rid, "mdir.tune.champion_trial", crowned.label)
+            if crowned is not best:
+                log.warning(
+                    "best-ranked trial %s has no registered generator (status %s); "
+                    "champion is %s, the best trial that has one",
+                    best.label,
+                    best.status,
+                    crowned.label,
+                )
     client.set_terminated(rid, "FINISHED" if best is not None else "FAILED")
     return champion
 
