@@ -31,7 +31,9 @@ app.add_typer(models_app, name="models", help="Network summaries, registered mod
 app.add_typer(eval_app, name="eval", help="Image-quality metrics (FID, KID, IS, PRD, SSIM).")
 app.add_typer(tune_app, name="tune", help="Ray Tune sweeps ranked by FID.")
 app.add_typer(retrieval_app, name="retrieval", help="Retrieval fine-tuning and evaluation.")
-app.add_typer(bench_app, name="bench", help="Benchmarks that print side-by-side ratios and write JSON.")
+app.add_typer(
+    bench_app, name="bench", help="Benchmarks that print side-by-side ratios and write JSON."
+)
 register_train(app)
 
 
