@@ -98,7 +98,7 @@ def decoded_dataset(
         raise io.DataPathError(f"dataset {manifest.uri!r} has no shards")
     fs, _ = io.get_fs(manifest.uri)
     exact = cfg.augment == "resize"
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ray.data.from_items(items, override_num_blocks=num_blocks(len(items), cfg))
     ds = ds.map_batches(
         read_decode_stage,
         batch_format="numpy",
@@ -118,6 +118,20 @@ def decoded_dataset(
     if cfg.materialize:
         ds = ds.materialize()
     return ds
+
+
+#: Parquet row groups read, decoded and augmented per block (8 × 64 = 512 rows). Ray Data
+#: splits a block whose output outgrows its target size (128 MiB) by itself.
+ROW_GROUPS_PER_BLOCK = 8
+
+
+def num_blocks(row_groups: int, cfg: DataConfig) -> int:
+    """Blocks (= tasks per pass) for `row_groups` row groups: `ROW_GROUPS_PER_BLOCK` per
+    block, and at least 2 per parallel task so both stay busy. Per-task overhead dominated
+    with one 64-row group per block: on 2000 images at 256 px, epochs over 4 blocks ran 1.2×
+    faster than over 32 (`mdir bench data`, 745 vs 625 images/s)."""
+    wanted = max(2 * cfg.parallelism, -(-row_groups // ROW_GROUPS_PER_BLOCK))
+    return max(1, min(row_groups, wanted))
 
 
 def _tasks(n: int):
