@@ -175,8 +175,6 @@ def _ensure_ray() -> None:
 
 def _job_env_keys(environ: dict[str, str] | None = None) -> set[str]:
     """Environment variables the enclosing Ray job's runtime_env sets (empty outside a job)."""
-    import json
-
     raw = (os.environ if environ is None else environ).get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if not raw:
         return set()
@@ -555,7 +553,7 @@ def _finish_parent(
         # The champion must be a model that exists: a trial ASHA stopped early never ran to
         # its end and registered nothing, so crown the best-ranked trial with a generator.
         crowned = next((r for r in result.rows if r.score is not None and r.model_uri), None)
-        if space.register_champion and crowned is not None and crowned.model_uri:
+        if space.register_champion and crowned is not None:
             champion = set_champion(client, crowned.model_uri, sweep=result.name)
             client.set_tag(rid, "mdir.tune.champion_uri", champion)
             client.set_tag(rid, "mdir.tune.champion_trial", crowned.label)
