@@ -126,8 +126,9 @@ def step(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     out: Path | None = typer.Option(None, "--out", help="Also write the JSON result here."),
 ) -> None:
-    """Training steps/s of METHOD (256×256, batch 1, CPU or --device cuda): eager baseline vs channels-last,
-    torch.compile and bf16-autocast variants, side by side, with the ratio to eager."""
+    """Training steps/s of METHOD (256×256, batch 1, CPU or --device cuda): eager baseline
+    vs channels-last, torch.compile and bf16-autocast variants, side by side, with the ratio
+    to eager."""
     import contextlib
 
     import torch

@@ -4,8 +4,8 @@ All three variants train the same method config on the same tiny synthetic datas
 (in-memory loader, so data loading is identical and cheap) with checkpoints, samples,
 evaluation and MLflow off; throughput is steps/s after the first (warm-up) step, measured
 inside the loop. Reported: ``overhead_ratio_1w`` = plain steps/s ÷ Ray-1-worker steps/s
-(target ≤ 1.10) and ``scaling_2w_images_per_s`` = 2-worker images/s ÷ 1-worker images/s (each worker
-runs the per-worker batch, so 2 workers process twice the images per step).
+(target ≤ 1.10) and ``scaling_2w_images_per_s`` = 2-worker images/s ÷ 1-worker images/s
+(each worker runs the per-worker batch, so 2 workers process twice the images per step).
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ DEMO_SPACE = Path(__file__).resolve().parent.parent.parent / "tune_spaces" / "de
 
 
 def _ensure_demo_data() -> str | None:
-    """The demo space reads $MDIR_DEMO_DATA (default demo_out/synth, where `make demo` writes it); synthesize it into a
-    temp dir when it is missing so the benchmark runs on a fresh checkout."""
+    """The demo space reads $MDIR_DEMO_DATA (default demo_out/synth, where `make demo` writes
+    it); synthesize it into a temp dir when it is missing so the benchmark runs on a fresh
+    checkout."""
     root = os.environ.get("MDIR_DEMO_DATA", "demo_out/synth")
     if "://" in root or Path(root, "manifest.json").exists():
         return None

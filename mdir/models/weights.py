@@ -6,8 +6,9 @@ weights it carries, so that every number computed with random weights can be lab
 * ``source`` a path (``.pth``/``.pt`` state dict loaded with ``weights_only=True``, or
   ``.safetensors``), optionally prefixed ``file://``: label ``"file:<path>"``;
 * ``source`` None: the file named by ``$MDIR_VGG16_WEIGHTS`` / ``$MDIR_RESNET50_WEIGHTS``
-  (how a cluster's workers get a path without editing configs), else the torchvision enum file (``vgg16-397923af.pth``) when it is already in
-  the torch hub cache (``$TORCH_HOME/hub/checkpoints``): label ``"torchvision:IMAGENET1K_V1"``;
+  (how a cluster's workers get a path without editing configs), else the torchvision enum
+  file (``vgg16-397923af.pth``) when it is already in the torch hub cache
+  (``$TORCH_HOME/hub/checkpoints``): label ``"torchvision:IMAGENET1K_V1"``;
 * otherwise random init if ``allow_random`` (label ``"random"``), else a `FileNotFoundError`
   that says where weights were looked for. Nothing is ever downloaded.
 
