@@ -237,14 +237,19 @@ else:
 """
 
 
-def _status(cluster: LocalCluster, sub_id: str) -> str:
-    out = subprocess.run(
-        [PY, "-c", JOB_QUERY, "status", sub_id],
+def _job_query(cluster: LocalCluster, what: str, sub_id: str) -> subprocess.CompletedProcess:
+    """Run JOB_QUERY (`status` or `logs`) for a submission against the cluster's dashboard."""
+    return subprocess.run(
+        [PY, "-c", JOB_QUERY, what, sub_id],
         env=cluster.env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def _status(cluster: LocalCluster, sub_id: str) -> str:
+    out = _job_query(cluster, "status", sub_id)
     lines = [x for x in out.stdout.splitlines() if x.startswith("STATUS ")]
     return lines[-1].removeprefix("STATUS ") if lines else "UNKNOWN"
 
@@ -261,13 +266,7 @@ def _wait(cluster: LocalCluster, sub_id: str, timeout: float) -> str:
 
 
 def _logs(cluster: LocalCluster, sub_id: str) -> str:
-    out = subprocess.run(
-        [PY, "-c", JOB_QUERY, "logs", sub_id],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _job_query(cluster, "logs", sub_id)
     return out.stdout + out.stderr[-2000:]
 
 
