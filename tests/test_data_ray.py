@@ -85,15 +85,29 @@ def _run_workers(shards_per_worker, batch_size, steps):
     return out
 
 
+def _edges(x: torch.Tensor) -> torch.Tensor:
+    """|horizontal| + |vertical| gray-level differences, flattened per image."""
+    g = x.mean(1)
+    return (
+        (g[:, :-1, 1:] - g[:, :-1, :-1]).abs() + (g[:, 1:, :-1] - g[:, :-1, :-1]).abs()
+    ).flatten(1)
+
+
 def _check_images(x, size):
     assert x.shape[1:] == (3, size, size) and x.dtype == torch.float32
     assert x.min() >= -1.0 and x.max() <= 1.0 and x.std() > 0.05
 
 
-def test_unpaired_two_workers(ray_ctx, dsets):
+@pytest.mark.parametrize("materialize", [True, False], ids=["cached", "streaming"])
+def test_unpaired_two_workers(ray_ctx, dsets, materialize):
     uri = dsets[0]
     cfg = DataConfig(
-        uri=uri, mode="unpaired", domain_a=["day"], domain_b=["night", "snow"], image_size=16
+        uri=uri,
+        mode="unpaired",
+        domain_a=["day"],
+        domain_b=["night", "snow"],
+        image_size=16,
+        materialize=materialize,
     )
     m = read_manifest(uri)
     steps = steps_per_epoch(cfg, "train", 2, 2)
@@ -120,27 +134,37 @@ def test_unpaired_two_workers(ray_ctx, dsets):
     assert len(ids_per_worker[0] | ids_per_worker[1]) == m.count("train", ["night", "snow"])
 
 
-def test_paired_two_workers_same_crop(ray_ctx, dsets):
+@pytest.mark.parametrize("materialize", [True, False], ids=["cached", "streaming"])
+def test_paired_two_workers_same_crop(ray_ctx, dsets, materialize):
     uri = dsets[1]
-    cfg = DataConfig(uri=uri, mode="paired", domain_a=[], domain_b=[], image_size=16, scale_min=0.5)
+    cfg = DataConfig(
+        uri=uri,
+        mode="paired",
+        domain_a=[],
+        domain_b=[],
+        image_size=16,
+        scale_min=0.5,
+        materialize=materialize,
+    )
     m = read_manifest(uri)
     ds = make_train_datasets(cfg, "train")
     assert set(ds) == {"AB"}
     n = m.count("train")
     res = _run_workers(split_for_workers(ds, 2), 2, n // 4)
-    seen = []
+    seen, same, other = [], [], []
     for batches in res.values():
         for b in batches:
             _check_images(b["A"], 16)
             _check_images(b["B"], 16)
             assert torch.equal(b["A_id"], b["B_id"])
             # day vs night of the same pose and the same crop: the road/building edges line
-            # up, so the two are far more correlated than with a shuffled partner
-            a = b["A"].mean(1).flatten(1)
-            bb = b["B"].mean(1).flatten(1)
-            assert a.shape == bb.shape
+            # up, so their edge maps are more correlated than with another row's
+            a, bb = _edges(b["A"]), _edges(b["B"])
+            same += [torch.corrcoef(torch.stack([a[i], bb[i]]))[0, 1] for i in range(len(a))]
+            other += [torch.corrcoef(torch.stack([a[i], bb[i - 1]]))[0, 1] for i in range(len(a))]
             seen += b["A_id"].tolist()
     assert len(seen) == len(set(seen)) == n
+    assert torch.stack(same).mean() > torch.stack(other).mean() + 0.05
 
 
 def test_single_stream_all_conditions(ray_ctx, dsets):

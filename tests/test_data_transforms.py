@@ -98,12 +98,66 @@ def test_worker_stages_do_not_import_torch_and_augment_pairs_identically():
     assert out["A"].shape == (5, 3, 12, 12) and out["A"].dtype == np.uint8
     assert np.array_equal(out["A"], out["B"]) and np.array_equal(out["A_id"], out["B_id"])
     assert sorted(out["A_id"].tolist()) == list(range(5))
-    full = augment_stage(
-        batch, key="A", mode="resize", size=30, scale_min=1.0, flip=False, seed=1, paired=False
-    )
-    # resize mode at the image's own width: rows are permuted but pixels untouched
-    k = int(np.flatnonzero(full["A_id"] == 2)[0])
-    ref = np.asarray(
-        Image.fromarray(imgs[2]).resize((30, 30), Image.Resampling.BILINEAR)
-    ).transpose(2, 0, 1)
-    assert np.array_equal(full["A"][k], ref)
+    # resize mode at the image's own size: rows are permuted but pixels untouched
+    same = np.random.default_rng(1).integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
+    for mode, scale_min in (("resize", 0.6), ("scale_crop_flip", 1.0)):
+        # scale_crop_flip with scale_min = 1 on a square of side `size`: the whole image
+        full = augment_stage(
+            {**batch, "image": same},
+            key="A",
+            mode=mode,
+            size=12,
+            scale_min=scale_min,
+            flip=False,
+            seed=1,
+            paired=False,
+        )
+        for k, i in enumerate(full["A_id"].tolist()):
+            assert np.array_equal(full["A"][k], same[i].transpose(2, 0, 1)), mode
+
+
+def test_stage_resize_and_decode_known_answers():
+    """Shrinking averages (2×2 blocks at half size); JPEG DCT-domain downscaling gives the
+    cache side; PNG decodes losslessly; a crop of a ramp keeps the ramp's slope."""
+    import io
+
+    from mdir.data.stages import augment_stage, decode, resize
+
+    a = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    blocks = a.reshape(4, 2, 4, 2, 3).astype(float).mean((1, 3))
+    assert np.abs(resize(a, (4, 4)) - blocks).max() <= 0.5
+    assert resize(a, (8, 8)) is a
+
+    ramp = np.linspace(0, 255, 64)[None, :, None].repeat(48, 0).repeat(3, 2).astype(np.uint8)
+    jpeg = io.BytesIO()
+    Image.fromarray(ramp).save(jpeg, "JPEG", quality=95)
+    small = decode(jpeg.getvalue(), 12, exact=False)  # 64×48 → short side 12: 16×12
+    assert small.shape == (12, 16, 3)
+    assert np.abs(small - ramp.reshape(12, 4, 16, 4, 3).mean((1, 3))).max() <= 2.0
+    assert decode(jpeg.getvalue(), 10, exact=True).shape == (10, 10, 3)
+    png = io.BytesIO()
+    Image.fromarray(a).save(png, "PNG")
+    assert np.array_equal(decode(png.getvalue(), 100, exact=False), a)  # never enlarged
+
+    # a horizontal ramp stays a ramp after crop + resize (+ flip reverses it)
+    r = np.linspace(0, 240, 40)[None, :, None].repeat(40, 0).repeat(3, 2).astype(np.uint8)
+    batch = {"id": np.arange(2), "condition": np.zeros(2, np.int64), "place": np.arange(2)}
+    for flip in (False, True):
+        out = augment_stage(
+            {**batch, "image": np.stack([r, r])},
+            key="A",
+            mode="scale_crop_flip",
+            size=20,
+            scale_min=0.5,
+            flip=flip,
+            seed=3,
+            paired=False,
+        )
+        rows = out["A"][:, 0, 10, :].astype(float)  # channel 0, middle row
+        steps = np.diff(rows, axis=1)
+        # the crop side is 20..40 source px, so one output px spans 1..2 source steps of
+        # 240/39 ≈ 6.15 (±1 for rounding); flipped, the ramp runs right to left
+        sign = -1.0 if flip else 1.0
+        assert (sign * steps >= -1.0).all() and (np.abs(steps) <= 2 * 240 / 39 + 1.5).all()
+        mean_slope = sign * steps.mean(axis=1)
+        assert ((mean_slope > 240 / 39 - 0.5) & (mean_slope < 2 * 240 / 39 + 0.5)).all()

@@ -1,19 +1,24 @@
-"""Ray Data stages that run inside Ray worker processes: pyarrow + numpy + PIL only.
+"""Ray Data stages that run inside Ray worker processes: pyarrow + numpy + OpenCV only.
 
 No torch here on purpose: every Ray worker that imports torch costs ~300 MB and seconds of
 start-up; these stages need neither. (The consumer side — `iter_train_batches` — runs in
-the training process, which has torch anyway.)
+the training process, which has torch anyway.) OpenCV rather than PIL does the pixel work:
+on this 2-core machine `cv2.resize` crops and resizes a 256 px image in 0.11 ms against
+PIL's 0.65 ms, and `cv2.imdecode` decodes a 256 px JPEG in 0.31 ms against 0.40 ms. One
+OpenCV thread per task: Ray Data's task concurrency is the parallelism.
 
-* `read_decode_stage`: one task per Parquet row group: read it (local or s3 via the
-  pickled fsspec filesystem), keep the wanted split/conditions, decode each JPEG/PNG with
-  PIL (JPEG DCT-domain downscaling via ``draft`` when the image is ≥ 2× larger than
-  needed) and shrink so the short side is ``cache_side`` (or to exactly ``size`` × ``size``
-  in ``resize`` mode). Output: uint8 HWC ``image`` (+ ``image_b``), id, condition index,
-  place — binary columns dropped (iter_torch_batches rejects them).
+* `read_decode_stage`: one task per block of Parquet row groups: read them (local or s3 via
+  the pickled fsspec filesystem), keep the wanted split/conditions, decode each JPEG/PNG
+  (JPEG DCT-domain downscaling by 2, 4 or 8 when the image is that much larger than
+  needed) and shrink (area-averaged) so the short side is ``cache_side`` (or to exactly
+  ``size`` × ``size`` in ``resize`` mode). Output: uint8 HWC ``image`` (+ ``image_b``), id,
+  condition index, place — binary columns dropped (iter_torch_batches rejects them).
 * `augment_stage`: thesis augmentation per epoch — s ~ U(scale_min, 1), square crop of side
-  s · min(H, W) at a random position, PIL bilinear resize (antialiased when shrinking) to
-  ``size``, flip with p = 0.5 — the same crop and flip for ``image`` and ``image_b``; rows
-  permuted within the block; output uint8 NCHW with keys prefixed by the stream key.
+  s · min(H, W) (whole pixels) at a random position, resized to ``size`` (bilinear when
+  enlarging, area-averaged when shrinking), flip with p = 0.5 — the same crop and flip for
+  ``image`` and ``image_b``; rows permuted within the block; output uint8 NCHW with keys
+  prefixed by the stream key.
+* `read_augment_stage`: both in one task, for the streaming (not materialised) pipeline.
 """
 
 from __future__ import annotations
@@ -21,27 +26,49 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+cv2.setNumThreads(1)
 
-def _decode(data: bytes, cache_side: int, exact: bool) -> np.ndarray:
-    im = Image.open(io.BytesIO(data))
-    w, h = im.size
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2}
+_REDUCED |= {4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def resize(a: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
+    """uint8 HWC → (w, h): area-averaged when shrinking (no aliasing), bilinear otherwise."""
+    if (a.shape[1], a.shape[0]) == wh:
+        return a
+    shrink = wh[0] < a.shape[1] and wh[1] < a.shape[0]
+    return cv2.resize(a, wh, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _pil_rgb(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def decode(data: bytes, cache_side: int, exact: bool) -> np.ndarray:
+    """Encoded 8-bit RGB JPEG/PNG (what shards hold) → uint8 HWC RGB whose short side is
+    at most `cache_side` (exactly `cache_side` × `cache_side` when `exact`)."""
+    head = Image.open(io.BytesIO(data))  # reads the header only
+    w, h = head.size
     if exact:
         target = (cache_side, cache_side)
     else:
         s = min(1.0, cache_side / min(w, h))
         target = (max(1, round(w * s)), max(1, round(h * s)))
-    if im.format == "JPEG" and target[0] * 2 <= w and target[1] * 2 <= h:
-        im.draft("RGB", target)  # decode at 1/2, 1/4, 1/8 scale directly
-    im = im.convert("RGB")
-    if im.size != target:
-        im = im.resize(target, Image.Resampling.BILINEAR)
-    return np.asarray(im)
+    k = 1
+    if head.format == "JPEG":  # DCT-domain downscaling while decoding
+        while k < 8 and target[0] * 2 * k <= w and target[1] * 2 * k <= h:
+            k *= 2
+    buf = np.frombuffer(data, np.uint8)
+    bgr = cv2.imdecode(buf, _REDUCED[k] | cv2.IMREAD_IGNORE_ORIENTATION)
+    a = _pil_rgb(data) if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return resize(a, target)
 
 
 def _column(arrs: list[np.ndarray]) -> np.ndarray:
@@ -73,7 +100,7 @@ def decode_table(
         "place": t["place"].to_numpy().astype(np.int64),
     }
     for col in ("image", "image_b") if paired else ("image",):
-        out[col] = _column([_decode(b, cache_side, exact) for b in t[col].to_pylist()])
+        out[col] = _column([decode(b, cache_side, exact) for b in t[col].to_pylist()])
     return out
 
 
@@ -129,23 +156,18 @@ def augment_stage(
     out_b = np.empty((n, 3, size, size), np.uint8) if paired else None
     flips = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
     for k, i in enumerate(perm):
-        box = None
+        crop = None
         if mode != "resize":
             h, w = imgs[i].shape[:2]
-            side = max(1.0, rng.uniform(scale_min, 1.0) * min(h, w))
-            x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
-            box = (x0, y0, x0 + side, y0 + side)
+            side = max(1, round(rng.uniform(scale_min, 1.0) * min(h, w)))
+            x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+            crop = (slice(y0, y0 + side), slice(x0, x0 + side))
         for src, dst in ((imgs, out_a), (imgs_b, out_b)):
             if src is None or dst is None:
                 continue
-            a = src[i]
-            if box is not None or a.shape[:2] != (size, size):
-                a = np.asarray(
-                    Image.fromarray(a).resize((size, size), Image.Resampling.BILINEAR, box=box)
-                )
-            if flips[k]:
-                a = a[:, ::-1]
-            dst[k] = a.transpose(2, 0, 1)
+            a = resize(src[i] if crop is None else src[i][crop], (size, size))
+            # HWC → CHW (and the flip) in the one copy into the output block
+            dst[k] = (a[:, ::-1] if flips[k] else a).transpose(2, 0, 1)
     out = {
         key: out_a,
         f"{key}_id": ids[perm],
@@ -162,3 +184,11 @@ def augment_stage(
             }
         )
     return out
+
+
+def read_augment_stage(
+    batch: dict[str, np.ndarray], *, read: dict[str, Any], augment: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Streaming pipeline: `read_decode_stage` then `augment_stage` in one task, so decoded
+    images never go through the object store (memory bounded by the blocks in flight)."""
+    return augment_stage(read_decode_stage(batch, **read), **augment)
