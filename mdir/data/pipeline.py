@@ -2,11 +2,14 @@
 
 Training pipeline (one per stream)::
 
-    row groups of the shards in the manifest → read_decode_stage (read the Parquet row
-    group, filter split/conditions, decode, shrink to the cache side) → [materialize:
-    decoded images cached in the object store] → randomize_block_order → augment_stage
-    (random square crop + resize, flip; uint8) → DataIterator.iter_torch_batches →
-    `iter_train_batches` (exact batch size, cycling, normalise to [-1, 1], to device)
+    materialize (default): row groups of the shards in the manifest → read_decode_stage
+    (read the Parquet row groups, filter split/conditions, decode, shrink to the cache side)
+    → decoded images cached in the object store → per epoch: randomize_block_order →
+    augment_stage (random square crop + resize, flip; uint8)
+    streaming (materialize=False): per epoch: randomize_block_order over the row groups →
+    read_augment_stage (both stages in one task; nothing cached)
+    → DataIterator.iter_torch_batches → `iter_train_batches` (exact batch size, cycling,
+    to device, normalise to [-1, 1] there)
 
 The stages live in `mdir.data.stages` (no torch in Ray workers: less memory, fast start).
 
