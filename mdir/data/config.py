@@ -67,7 +67,12 @@ class DataConfig(StrictModel):
     shuffle_buffer: int = Field(
         256, ge=0, description="Local shuffle buffer (rows) per worker; 0 = off."
     )
-    seed: int | None = Field(None, description="Seed for augmentation randomness (None = random).")
+    seed: int | None = Field(
+        None,
+        description="Seed for the crops, flips and in-block order: reproducible, but every epoch "
+        "then repeats the same ones (a Ray Data task does not know its epoch). None (default) = "
+        "new ones every epoch.",
+    )
 
     @model_validator(mode="after")
     def _domains_disjoint(self) -> DataConfig:
