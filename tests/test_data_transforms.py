@@ -75,26 +75,8 @@ def test_worker_stages_do_not_import_torch_and_augment_pairs_identically():
         ).stdout.strip()
         == "False"
     )
-    from mdir.data.stages import augment_stage
-
     imgs = np.random.default_rng(0).integers(0, 256, (5, 20, 30, 3), dtype=np.uint8)
-    batch = {
-        "id": np.arange(5),
-        "condition": np.zeros(5, np.int64),
-        "place": np.arange(5),
-        "image": imgs,
-        "image_b": imgs.copy(),
-    }
-    out = augment_stage(
-        batch,
-        key="A",
-        mode="scale_crop_flip",
-        size=12,
-        scale_min=0.6,
-        flip=True,
-        seed=1,
-        paired=True,
-    )
+    out = _stage(imgs, size=12, flip=True, image_b=imgs.copy())
     assert out["A"].shape == (5, 3, 12, 12) and out["A"].dtype == np.uint8
     assert np.array_equal(out["A"], out["B"]) and np.array_equal(out["A_id"], out["B_id"])
     assert sorted(out["A_id"].tolist()) == list(range(5))
@@ -102,18 +84,39 @@ def test_worker_stages_do_not_import_torch_and_augment_pairs_identically():
     same = np.random.default_rng(1).integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
     for mode, scale_min in (("resize", 0.6), ("scale_crop_flip", 1.0)):
         # scale_crop_flip with scale_min = 1 on a square of side `size`: the whole image
-        full = augment_stage(
-            {**batch, "image": same},
-            key="A",
-            mode=mode,
-            size=12,
-            scale_min=scale_min,
-            flip=False,
-            seed=1,
-            paired=False,
-        )
+        full = _stage(same, size=12, scale_min=scale_min, mode=mode)
         for k, i in enumerate(full["A_id"].tolist()):
             assert np.array_equal(full["A"][k], same[i].transpose(2, 0, 1)), mode
+
+
+def _stage(
+    images: np.ndarray,
+    *,
+    size: int,
+    scale_min: float = 0.6,
+    flip: bool = False,
+    mode: str = "scale_crop_flip",
+    image_b: np.ndarray | None = None,
+    seed: int = 1,
+) -> dict[str, np.ndarray]:
+    """`augment_stage` on a block of `images` (ids 0..n-1) as Ray Data hands it over."""
+    from mdir.data.stages import augment_stage
+
+    n = len(images)
+    batch = {"id": np.arange(n), "condition": np.zeros(n, np.int64), "place": np.arange(n)}
+    batch["image"] = images
+    if image_b is not None:
+        batch["image_b"] = image_b
+    return augment_stage(
+        batch,
+        key="A",
+        mode=mode,
+        size=size,
+        scale_min=scale_min,
+        flip=flip,
+        seed=seed,
+        paired=image_b is not None,
+    )
 
 
 def test_stage_resize_and_decode_known_answers():
@@ -121,7 +124,7 @@ def test_stage_resize_and_decode_known_answers():
     cache side; PNG decodes losslessly; a crop of a ramp keeps the ramp's slope."""
     import io
 
-    from mdir.data.stages import augment_stage, decode, resize
+    from mdir.data.stages import decode, resize
 
     a = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     blocks = a.reshape(4, 2, 4, 2, 3).astype(float).mean((1, 3))
@@ -141,18 +144,8 @@ def test_stage_resize_and_decode_known_answers():
 
     # a horizontal ramp stays a ramp after crop + resize (+ flip reverses it)
     r = np.linspace(0, 240, 40)[None, :, None].repeat(40, 0).repeat(3, 2).astype(np.uint8)
-    batch = {"id": np.arange(2), "condition": np.zeros(2, np.int64), "place": np.arange(2)}
     for flip in (False, True):
-        out = augment_stage(
-            {**batch, "image": np.stack([r, r])},
-            key="A",
-            mode="scale_crop_flip",
-            size=20,
-            scale_min=0.5,
-            flip=flip,
-            seed=3,
-            paired=False,
-        )
+        out = _stage(np.stack([r, r]), size=20, scale_min=0.5, flip=flip, seed=3)
         rows = out["A"][:, 0, 10, :].astype(float)  # channel 0, middle row
         steps = np.diff(rows, axis=1)
         # the crop side is 20..40 source px, so one output px spans 1..2 source steps of
