@@ -221,7 +221,15 @@ def test_bench_data_smoke(ray_ctx, tmp_path):
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["images_in_split"] == 40
-    assert r["candidate"]["images"] == r["baseline"]["images"] == 2 * (40 // 4) * 4
+    n = 2 * (40 // 4) * 4  # 2 epochs of 10 whole batches of 4
+    assert (
+        r["candidate"]["images"] == r["baseline"]["images"] == r["baseline_opencv"]["images"] == n
+    )
+    for side in ("baseline", "baseline_opencv"):
+        assert len(r[side]["epoch_seconds"]) == 2
+    assert r["ratio_vs_opencv_loader"] == pytest.approx(
+        r["candidate"]["images_per_s"] / r["baseline_opencv"]["images_per_s"]
+    )
     parts = r["candidate"]["peak_pss_mb_by_part"]  # this process at least is "pipeline"
     assert parts["pipeline"] > 0 and r["memory_ratio_pipeline_only"] > 0
     assert r["ratio"] > 0 and r["baseline"]["peak_pss_mb"] > 0 and "ratio_steady" in r
