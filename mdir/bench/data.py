@@ -22,7 +22,6 @@ actors, and the pipeline (driver + decode/augment workers), each with its own pe
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import tempfile
 import threading
@@ -193,12 +192,12 @@ def export_image_folder(uri: str, split: str, dest: Path) -> int:
 
 
 class FolderOpenCV:
-    """A map-style dataset over the exported folder that does the pixel work the way mdir's
-    Ray stages do (OpenCV decode, whole-pixel crop, OpenCV resize, flip), then normalises in
-    the worker like the torchvision baseline: the report can then tell what Ray Data adds
-    from what OpenCV adds. (Normalising uint8 batches in the main process instead made glibc
-    grow that process by ~2.5 GB over 2 epochs: freed float batches stranded in per-thread
-    arenas.)"""
+    """A map-style dataset over the exported folder that does mdir's pixel work with mdir's
+    own stage functions (OpenCV `decode`, then `augment_stage` on a one-image block) and
+    normalises in the worker like the torchvision baseline: the report can then tell what
+    Ray Data adds from what OpenCV adds. (Normalising uint8 batches in the main process
+    instead made glibc grow that process by ~2.5 GB over 2 epochs: freed float batches
+    stranded in per-thread arenas.)"""
 
     def __init__(self, folder: Path, image_size: int, scale_min: float) -> None:
         self.files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -211,17 +210,26 @@ class FolderOpenCV:
         import numpy as np
         import torch
 
-        from mdir.data.stages import decode, resize
+        from mdir.data.stages import augment_stage, decode
         from mdir.data.transforms import to_model_range
 
-        a = decode(self.files[i].read_bytes(), 1 << 30, exact=False)
-        h, w = a.shape[:2]
-        side = max(1, round(random.uniform(self.scale_min, 1.0) * min(h, w)))
-        x0, y0 = random.randint(0, w - side), random.randint(0, h - side)
-        a = resize(a[y0 : y0 + side, x0 : x0 + side], (self.size, self.size))
-        if random.random() < 0.5:
-            a = a[:, ::-1]
-        return to_model_range(torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))))
+        block = {
+            "id": np.array([i]),
+            "condition": np.zeros(1, np.int64),
+            "place": np.zeros(1, np.int64),
+        }
+        block["image"] = decode(self.files[i].read_bytes(), 1 << 30, exact=False)[None]
+        out = augment_stage(
+            block,
+            key="A",
+            mode="scale_crop_flip",
+            size=self.size,
+            scale_min=self.scale_min,
+            flip=True,
+            seed=None,
+            paired=False,
+        )
+        return to_model_range(torch.from_numpy(out["A"][0]))
 
 
 def run_plain(
@@ -390,8 +398,9 @@ def bench_data(
     synth_size: int = typer.Option(256, help="Image size of the synthesized dataset."),
     opencv_baseline: bool = typer.Option(
         True,
-        help="Also time a DataLoader that decodes/crops with OpenCV and ships uint8 (what "
-        "mdir's stages do), to show what Ray Data itself adds. Reported, not the target ratio.",
+        help="Also time a DataLoader that does mdir's OpenCV pixel work (the same stage "
+        "functions) in its workers, to show what Ray Data itself adds. Reported, not the target "
+        "ratio.",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     out: Path | None = typer.Option(None, "--out", help="Also write the JSON result here."),

@@ -28,6 +28,7 @@ every rank (cycling a stream that runs out), so DDP never waits for a missing ba
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -257,8 +258,10 @@ def _cycle_batches(
     arrives whole is passed on as is: no copy."""
     import torch
 
+    def rows(b: dict[str, torch.Tensor]) -> int:
+        return len(next(iter(b.values())))
+
     parts: list[dict[str, torch.Tensor]] = []  # leftovers, fewer than batch_size rows
-    have = 0
     while True:
         got = 0
         for b in it.iter_torch_batches(
@@ -268,12 +271,11 @@ def _cycle_batches(
             device="cpu",
         ):
             got += 1
-            n = len(next(iter(b.values())))
-            if not parts and n == batch_size:
+            if not parts and rows(b) == batch_size:
                 yield b
                 continue
             parts.append(b)
-            have += n
+            have = sum(rows(p) for p in parts)
             if have < batch_size:
                 continue
             merged = {k: torch.cat([p[k] for p in parts]) for k in b}
@@ -281,13 +283,13 @@ def _cycle_batches(
                 yield {k: v[i : i + batch_size] for k, v in merged.items()}
             rest = have % batch_size
             parts = [{k: v[have - rest :] for k, v in merged.items()}] if rest else []
-            have = rest
         if got == 0:
             raise RuntimeError(
                 "a data stream is empty on this worker (too few rows for the number of workers?)"
             )
 
 
+@functools.cache  # once per process
 def _keep_freed_batches_in_heap() -> None:
     """glibc returns every freed allocation above its mmap threshold (≤ 32 MiB) to the
     OS, so each new float batch (32 × 3 × 256² × 4 B = 25 MiB) is page-faulted in afresh:
@@ -297,17 +299,12 @@ def _keep_freed_batches_in_heap() -> None:
     import ctypes.util
     import platform
 
-    global _HEAP_TUNED
-    if _HEAP_TUNED or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return
-    _HEAP_TUNED = True
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters (malloc.h)
     libc.mallopt(m_mmap_threshold, 64 << 20)
     libc.mallopt(m_trim_threshold, 128 << 20)
-
-
-_HEAP_TUNED = False
 
 
 def iter_train_batches(

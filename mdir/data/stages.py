@@ -115,7 +115,7 @@ def read_decode_stage(
     exact: bool,
     paired: bool,
 ) -> dict[str, np.ndarray]:
-    """batch = {"path": [...], "row_group": [...]} (usually one row group per task)."""
+    """batch = {"path": [...], "row_group": [...]} (`ROW_GROUPS_PER_BLOCK` row groups per task)."""
     cols = ["id", "image", "condition", "place", "split"] + (["image_b"] if paired else [])
     tables = []
     for path, rg in zip(batch["path"], batch["row_group"], strict=True):
