@@ -37,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -295,6 +296,26 @@ def forward_env(
     out = {k: v for k, v in environ.items() if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES}
     out.update(extra or {})
     return out
+
+
+def bytecode_cache_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Env vars that give Ray's processes a bytecode cache when the driver has none.
+
+    Every trial starts ~6 fresh Python processes (trial actor, Train controller, placement
+    group cleaner, synchronization actor, dataset manager, worker) that each import ray.train
+    and torch. With ``PYTHONDONTWRITEBYTECODE`` set and no cache in the venv (a read-only or
+    never-compiled venv) each of them compiles those packages from source again: ~4 s of CPU
+    per process instead of ~1.5 s, minutes per sweep on 2 cores. Caches go under /tmp
+    (``PYTHONPYCACHEPREFIX``); the venv is not touched. A driver that has its own ``PYTHONPYCACHEPREFIX`` shares it with
+    the workers. Empty when the driver writes bytecode normally (next to the sources).
+    """
+    env = os.environ if environ is None else environ
+    prefix = env.get("PYTHONPYCACHEPREFIX")
+    if not prefix:
+        if not env.get("PYTHONDONTWRITEBYTECODE"):
+            return {}
+        prefix = os.path.join(tempfile.gettempdir(), "mdir-pycache")
+    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": prefix}
 
 
 # ------------------------------------------------------------------ base class

@@ -262,3 +262,16 @@ def test_demo_up_then_down_stops_only_what_it_started(tmp_path):
     finally:
         subprocess.run([*base, "down", *opts], capture_output=True, timeout=120, env=env)
         foreign.stop()
+
+
+def test_bytecode_cache_env_only_when_the_driver_writes_no_bytecode(tmp_path):
+    import tempfile
+
+    assert services.bytecode_cache_env({}) == {}  # bytecode written next to the sources
+    default = os.path.join(tempfile.gettempdir(), "mdir-pycache")
+    assert services.bytecode_cache_env({"PYTHONDONTWRITEBYTECODE": "1"}) == {
+        "PYTHONDONTWRITEBYTECODE": "",
+        "PYTHONPYCACHEPREFIX": default,
+    }
+    own = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(tmp_path)}
+    assert services.bytecode_cache_env(own)["PYTHONPYCACHEPREFIX"] == str(tmp_path)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    from mdir.tune.runner import bytecode_cache_env
+    from mdir.services import bytecode_cache_env
 
     env = dict(os.environ)
     env.update(

@@ -14,6 +14,8 @@ import os
 import tempfile
 import uuid
 
+from mdir.services import bytecode_cache_env
+
 
 def init_ray(
     num_cpus: int = 2, temp_dir: str | None = None, object_store_memory: int | None = None
@@ -33,14 +35,9 @@ def init_ray(
     # On a loaded 2-core machine the agents need longer than the default to come up.
     os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        # Without bytecode caches every Ray process (agents, workers) recompiles torch and
-        # ray from source (~5 s each here) and the raylet gives up waiting for its agents.
-        # Cache under /tmp for the child processes; the venv itself is not touched.
-        os.environ.pop("PYTHONDONTWRITEBYTECODE")
-        os.environ.setdefault(
-            "PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "mdir-pycache")
-        )
+    # Without bytecode caches every Ray process (agents, workers) recompiles torch and ray
+    # from source (~5 s each here) and the raylet gives up waiting for its agents.
+    os.environ.update(bytecode_cache_env())
     with contextlib.suppress(Exception):  # ray may have been imported before the env was set
         from ray._raylet import AuthenticationTokenLoader, Config
 

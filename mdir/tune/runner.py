@@ -153,7 +153,7 @@ def _ensure_ray() -> None:
 
     if ray.is_initialized():
         return
-    from mdir.services import forward_env, use_loopback
+    from mdir.services import bytecode_cache_env, forward_env, use_loopback
 
     # MLflow's telemetry thread pops an env var while requests iterates os.environ for
     # proxies: a KeyError that fails tracking calls at random in actors. Off everywhere.
@@ -183,27 +183,6 @@ def _job_env_keys(environ: dict[str, str] | None = None) -> set[str]:
     except (ValueError, AttributeError):
         return set()
     return set((runtime_env.get("env_vars") or {}).keys())
-
-
-def bytecode_cache_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Env vars that give a sweep's Ray processes a bytecode cache when the driver has none.
-
-    Every trial starts ~6 fresh Python processes (trial actor, Train controller, placement
-    group cleaner, synchronization actor, dataset manager, worker) that each import ray.train
-    and torch. With ``PYTHONDONTWRITEBYTECODE`` set and no cache in the venv (a read-only or
-    never-compiled venv) each of them compiles those packages from source again: ~4 s of CPU
-    per process instead of ~1.5 s, minutes per sweep on 2 cores. Like
-    :func:`mdir.data.raylocal.init_ray`, caches go under /tmp (``PYTHONPYCACHEPREFIX``); the
-    venv is not touched. A driver that has its own ``PYTHONPYCACHEPREFIX`` shares it with
-    the workers. Empty when the driver writes bytecode normally (next to the sources).
-    """
-    env = os.environ if environ is None else environ
-    prefix = env.get("PYTHONPYCACHEPREFIX")
-    if not prefix:
-        if not env.get("PYTHONDONTWRITEBYTECODE"):
-            return {}
-        prefix = os.path.join(tempfile.gettempdir(), "mdir-pycache")
-    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": prefix}
 
 
 def _is_local(path: str) -> bool:
