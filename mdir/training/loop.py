@@ -44,13 +44,14 @@ MethodFactory = Callable[[Any, torch.device], Any]
 
 
 def _setup_logging() -> None:
+    """One stdout handler on ``mdir.training``; its children (``.tracking``) reach it by
+    propagation. A second handler on a child printed each of its records twice."""
     if not log.handlers:
         h = logging.StreamHandler(sys.stdout)
         h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         log.addHandler(h)
         log.setLevel(logging.INFO)
         log.propagate = False
-        logging.getLogger("mdir.training.tracking").addHandler(h)
 
 
 def seed_everything(seed: int) -> None:
