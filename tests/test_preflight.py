@@ -315,25 +315,39 @@ def _split(uri: Path) -> str:
 
 
 def test_validating_a_config_does_not_import_torch(tmp_path):
+    """`mdir train ... --dry-run` runs every check that needs no cluster, prints the plan,
+    and never imports torch (or Ray): a typo costs seconds, not a torch import."""
+    import json
+
     from mdir.data.synth import synthesize
 
     synthesize(
         str(tmp_path / "d"), places=2, conditions=["day", "night"], size=16, poses_per_place=1
     )
+    args = ["train", "cyclegan", "--config", TINY, f"data.uri={tmp_path / 'd'}",
+            f"storage.path={tmp_path / 'runs'}", "--dry-run"]  # fmt: skip
     code = (
         "import sys\n"
-        "from mdir.training.config import load_job_config\n"
-        "from mdir.training.run import validate_before_launch\n"
-        f"cfg = load_job_config({TINY!r}, ['method.name=cyclegan', 'data.uri={tmp_path / 'd'}', "
-        f"'storage.path={tmp_path / 'runs'}'])\n"
-        "validate_before_launch(cfg, check_cluster=False)\n"
-        "import mdir.cli\n"
+        "from mdir.cli import app\n"
+        "try:\n"
+        f"    app({args!r})\n"
+        "except SystemExit as e:\n"
+        "    rc = e.code\n"
         "bad = [m for m in ('torch', 'torchvision', 'ray') if m in sys.modules]\n"
-        "assert not bad, bad\n"
-        "print('ok')\n"
+        "print('imported', bad, 'rc', rc)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1] == "imported [] rc 0", r.stdout + r.stderr[-2000:]
+    plan = json.loads(lines[-2])
+    assert plan["valid"] and plan["resources"]["cpus"] == 2 * 0.5 + 2 * 1 * 0.5
+    # a bad field still fails the dry run with exit 2, naming it
+    bad = subprocess.run(
+        [sys.executable, "-m", "mdir.cli", *args, "train.epoch=3"], capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "train.epoch: unknown key" in bad.stderr
 
 
 def test_tracking_warning_printed_once():
@@ -386,3 +400,36 @@ def test_continued_run_logs_replayed_steps_once(mlflow_server):
     assert by_step[10] == 10.0 and by_step[11] == 111.0  # first attempt kept, new steps added
     assert sorted(m.step for m in c.get_metric_history(first.run_id, "eval/fid")) == [5, 10]
     assert again.replayed == 2 * 4  # loss/g and epoch at steps 7-10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_plan_rejected_before_launch_and_stall_reported_on_the_cluster(ray_cluster, tmp_path):
+    """On the real 4-CPU head: a plan whose workers hold every CPU is refused before any
+    worker starts; forced past validation, the starved Ray Data pipeline fails the run
+    with the resources named, after train.stall_timeout_s instead of never."""
+    from mdir.data.synth import synthesize
+    from mdir.training.run import train
+
+    data = tmp_path / "d"
+    synthesize(str(data), places=2, conditions=["day", "night"], size=32, poses_per_place=2)
+    cfg = _cfg(TINY, "method.name=cyclegan", "method.ngf=4", "method.ndf=4", "method.n_blocks=1",
+               f"data.uri={data}", f"storage.path={tmp_path / 'runs'}", "storage.name=stall",
+               "scaling.num_workers=2", "scaling.cpus_per_worker=2", "train.stall_timeout_s=10",
+               "mlflow.enabled=false", "train.max_steps=4")  # fmt: skip
+    t0 = time.monotonic()
+    with pytest.raises(
+        ConfigError, match=r"scaling\.num_workers, scaling\.cpus_per_worker, data\.parallelism"
+    ):
+        train(cfg)
+    assert time.monotonic() - t0 < 60
+    t0 = time.monotonic()
+    try:
+        err = train(cfg, validate=False).error
+    except Exception as e:  # Ray Train may raise instead of returning the error
+        err = f"{type(e).__name__}: {e}"
+    elapsed = time.monotonic() - t0
+    assert err is not None and "no training batch for" in err, err
+    assert "scaling.num_workers" in err and "data.task_cpus" in err
+    assert "the cluster has 4 CPUs" in err
+    print(f"stall reported after {elapsed:.0f} s (timeout 10 s + worker start-up)")

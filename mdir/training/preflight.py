@@ -238,8 +238,9 @@ def mduit_warnings(cfg: TrainJobConfig) -> list[str]:
     if not has_signal:
         out.append(
             f"MDUIT: split {cfg.data.train_split!r} of {cfg.data.uri!r} has no poses and no "
-            "place ids shared by two images: no image has a content positive, so the contrastive "
-            "losses (loss/con_c, loss/nce) carry no signal; ingest the data with poses or places"
+            "place ids shared by two images: no image has a content positive, so the consistency "
+            "and contrastive losses (loss/con_c, loss/con_a, loss/nce) carry no signal; ingest "
+            "the data with poses or places"
         )
     return out
 
