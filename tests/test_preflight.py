@@ -432,4 +432,48 @@ def test_plan_rejected_before_launch_and_stall_reported_on_the_cluster(ray_clust
     assert err is not None and "no training batch for" in err, err
     assert "scaling.num_workers" in err and "data.task_cpus" in err
     assert "the cluster has 4 CPUs" in err
+    # a local data.uri must be visible where the workers run (one probe task per node)
+    from mdir.training.run import check_visible_on_cluster
+
+    check_visible_on_cluster(str(data), "data.uri")
+    with pytest.raises(ConfigError, match=r"data\.uri: .* not visible on the cluster node"):
+        check_visible_on_cluster(str(tmp_path / "elsewhere"), "data.uri")
     print(f"stall reported after {elapsed:.0f} s (timeout 10 s + worker start-up)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_worker_kill_replayed_steps_logged_once(ray_cluster, mlflow_server, tmp_path):
+    """Rank 1 dies hard at step 7; the group restarts from the step-4 checkpoint and replays
+    steps 5-7 into the same MLflow run: every step appears once in the metric history."""
+    import ray.cloudpickle
+    from mlflow.tracking import MlflowClient
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    import preflight_fakes
+    import training_fakes
+
+    from mdir.training.run import train
+
+    ray.cloudpickle.register_pickle_by_value(training_fakes)
+    ray.cloudpickle.register_pickle_by_value(preflight_fakes)
+    cfg = _cfg(TINY, "method.name=cyclegan", f"data.uri={tmp_path}", f"storage.path={tmp_path / 'runs'}",
+               "storage.name=replay-kill", "storage.max_failures=1", "train.checkpoint_every=4",
+               "train.log_every=1", "train.max_steps=0", "train.epochs=1", "mlflow.register=false",
+               f"mlflow.tracking_uri={mlflow_server.uri}", "mlflow.experiment=mdir-tests-replay-kill")  # fmt: skip
+    marker = tmp_path / "died"
+    r = train(
+        cfg,
+        plan=preflight_fakes.SlowPlan(steps_per_epoch=9, delay_s=1.0),
+        method_factory=training_fakes.FakeFactory(die_at_step=7, marker=str(marker)),
+        validate=False,
+    )
+    assert r.error is None, r.error
+    assert marker.exists() and r.metrics["resumed_from_step"] == 4 and r.metrics["step"] == 9
+    c = MlflowClient(mlflow_server.uri)
+    exp = c.get_experiment_by_name("mdir-tests-replay-kill")
+    runs = c.search_runs([exp.experiment_id])
+    assert [x.info.run_id for x in runs] == [r.mlflow_run_id]  # one run, continued
+    for key in ("epoch", *[k for k in runs[0].data.metrics if k.startswith("loss/")]):
+        steps = sorted(m.step for m in c.get_metric_history(r.mlflow_run_id, key))
+        assert steps == list(range(1, 10)), (key, steps)

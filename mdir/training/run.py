@@ -196,7 +196,8 @@ def check_visible_on_cluster(uri: str, field: str, timeout_s: float = 30.0) -> N
     blind = sorted(node for node, ok in seen.items() if not ok)
     if blind:
         raise ConfigError(
-            f"{field}: {path!r} exists here but not on the cluster node(s) {blind}; "
+            f"{field}: {path!r} is not visible on the cluster node(s) {blind} (workers read it "
+            "there); "
             "put the data on storage every node sees (a shared filesystem or s3://)"
         )
 
