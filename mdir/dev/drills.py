@@ -217,9 +217,10 @@ def drill_driver_kill(lab: Lab) -> Row:
     runs = client.search_runs(
         [exp.experiment_id], filter_string=f"tags.`mdir.storage_name` = '{name}'"
     )
+    resumed = [int(m.group(1)) for _, ln in run2.lines if (m := RESUME_RE.search(ln))]
     row.numbers = {
         "last_step_before_kill": last_before,
-        "resumed_from_step": (res.get("metrics") or {}).get("resumed_from_step"),
+        "resumed_from_step": resumed[0] if resumed else None,
         "s_from_resubmit_to_first_step": round(first, 1) if first else None,
         "mlflow_runs_for_the_name": len(runs),
         "final_step": res.get("step"),
@@ -229,7 +230,7 @@ def drill_driver_kill(lab: Lab) -> Row:
         if row.numbers["resumed_from_step"] is not None
         else None
     )
-    row.ok = rc == 0 and res.get("step") == 50 and len(runs) == 1
+    row.ok = rc == 0 and res.get("step") == 50 and len(runs) == 1 and bool(resumed)
     row.outcome = (
         "re-submission resumed from the last checkpoint and kept logging to the same MLflow run"
         if row.ok
