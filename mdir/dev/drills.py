@@ -375,12 +375,76 @@ def drill_secret_leak(lab: Lab) -> Row:
     return row
 
 
+def drill_plan_too_big(lab: Lab) -> Row:
+    row = Row(
+        "plan_too_big",
+        "4 training workers × 1 CPU on the 4-CPU head, data through Ray Data (its tasks need "
+        "CPUs too)",
+    )
+    t0 = time.monotonic()
+    run = start_job(
+        lab,
+        ["scaling.num_workers=4", "scaling.cpus_per_worker=1", "train.max_steps=4",
+         "train.loader=ray_data",
+         f"storage.path={lab.state}/ckpt", f"storage.name=pb-{uuid.uuid4().hex[:6]}"],
+    )  # fmt: skip
+    rc = finish(run, timeout=300)
+    dt = time.monotonic() - t0
+    err = next((ln for _, ln in run.lines if "config error" in ln), "")
+    row.numbers = {
+        "exit_code": rc,
+        "s_to_refusal": round(dt, 1),
+        "steps_run": len(run.steps()),
+        "names_fields": all(f in err for f in ("scaling.num_workers", "data.")),
+    }
+    row.ok = rc == 2 and not run.steps() and row.numbers["names_fields"]
+    row.outcome = (
+        "refused before launch: " + err.split("config error:", 1)[-1].strip()[:160]
+        if row.ok
+        else f"rc {rc}, {len(run.steps())} steps: {err or run.text()[-300:]}"
+    )
+    return row
+
+
+def drill_silent_s3(lab: Lab, deadline_s: float = 10.0) -> Row:
+    row = Row(
+        "silent_s3",
+        f"storage.path on an S3 endpoint that accepts connections and never answers "
+        f"(storage.check_timeout_s = {deadline_s:g})",
+    )
+    sock, port = _silent_listener()
+    try:
+        env = lab.env({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
+        t0 = time.monotonic()
+        run = start_job(
+            lab,
+            ["train.max_steps=2", "storage.path=s3://drill-bucket/runs", "storage.name=silent",
+             f"storage.check_timeout_s={deadline_s}"],
+            env=env,
+        )  # fmt: skip
+        rc = finish(run, timeout=600)
+        dt = time.monotonic() - t0
+    finally:
+        sock.close()
+    err = next((ln for _, ln in run.lines if "config error" in ln), "")
+    row.numbers = {"exit_code": rc, "s_to_error": round(dt, 1), "deadline_s": deadline_s}
+    row.ok = rc == 2 and "storage.path" in err and "unreachable" in err
+    row.outcome = (
+        "refused before launch, naming storage.path and the unreachable endpoint"
+        if row.ok
+        else f"rc {rc}: {err or run.text()[-300:]}"
+    )
+    return row
+
+
 DRILLS: dict[str, Callable[[Lab], Row]] = {
     "worker_kill": drill_worker_kill,
     "driver_kill": drill_driver_kill,
     "mlflow_outage": drill_mlflow_outage,
     "bad_inputs": drill_bad_inputs,
     "secret_leak": drill_secret_leak,
+    "plan_too_big": drill_plan_too_big,
+    "silent_s3": drill_silent_s3,
 }
 
 
