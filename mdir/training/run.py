@@ -231,6 +231,24 @@ def storage_run_uri(cfg: TrainJobConfig) -> str:
     return cfg.storage.path.rstrip("/") + "/" + str(cfg.storage.name)
 
 
+def checkpoint_config(cfg: TrainJobConfig):
+    """Ray keeps the `num_to_keep` best-scored checkpoints (and always the latest, for
+    resume) when runs are evaluated, so the checkpoint that earned the run's score is
+    still there to be registered; the newest ones otherwise. The score is the loop's
+    ``selection/score`` (higher = better; see `mdir.training.selection`)."""
+    from ray.train import CheckpointConfig
+
+    from mdir.training.checkpoint import SCORE_KEY
+
+    if not cfg.train.evaluate:
+        return CheckpointConfig(num_to_keep=cfg.storage.num_to_keep)
+    return CheckpointConfig(
+        num_to_keep=cfg.storage.num_to_keep,
+        checkpoint_score_attribute=SCORE_KEY,
+        checkpoint_score_order="max",
+    )
+
+
 def build_trainer(
     cfg: TrainJobConfig,
     *,
@@ -238,12 +256,14 @@ def build_trainer(
     run_config_kwargs: dict[str, Any] | None = None,
     plan: Any = None,
     method_factory: Any = None,
+    evaluator: Any = None,
 ):
     """A `TorchTrainer` running `mdir.training.loop.train_loop_per_worker` for `cfg`.
 
     `plan` (a `DataPlan`) defaults to the shards of ``cfg.data``; `method_factory`
-    defaults to ``mdir.methods.METHODS[cfg.method.name]`` (tests pass fakes)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    defaults to ``mdir.methods.METHODS[cfg.method.name]``; `evaluator` replaces the loop's
+    evaluation (tests pass fakes)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from mdir.training.data_plan import MemoryDataPlan, ShardDataPlan
@@ -264,7 +284,7 @@ def build_trainer(
         storage_path=storage_path,
         storage_filesystem=storage_fs,
         failure_config=FailureConfig(max_failures=cfg.storage.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.num_to_keep),
+        checkpoint_config=checkpoint_config(cfg),
         callbacks=list(extra_callbacks) or None,
         worker_runtime_env={"env_vars": env} if env else None,
     )
@@ -276,6 +296,8 @@ def build_trainer(
     }
     if method_factory is not None:
         loop_config["method_factory"] = method_factory
+    if evaluator is not None:
+        loop_config["evaluator"] = evaluator
     s = cfg.scaling
     return TorchTrainer(
         train_loop_per_worker,
@@ -302,7 +324,7 @@ def result_from(name: str, result: Any) -> TrainResult:
         mlflow_run_id=metrics.get("mlflow_run_id"),
         model_uri=metrics.get("model_uri"),
         sample_grid=metrics.get("sample_grid"),
-        error=None if err is None else f"{type(err).__name__}: {err}",
+        error=f"{type(err).__name__}: {err}" if err is not None else metrics.get("fatal_error"),
     )
 
 
@@ -312,6 +334,7 @@ def train(
     address: str | None = None,
     plan: Any = None,
     method_factory: Any = None,
+    evaluator: Any = None,
     validate: bool = True,
     run_config_kwargs: dict[str, Any] | None = None,
 ) -> TrainResult:
@@ -323,8 +346,16 @@ def train(
     if validate:
         check_resources(cfg)
     trainer = build_trainer(
-        cfg, plan=plan, method_factory=method_factory, run_config_kwargs=run_config_kwargs
+        cfg,
+        plan=plan,
+        method_factory=method_factory,
+        evaluator=evaluator,
+        run_config_kwargs=run_config_kwargs,
     )
     log.info("training %s → %s", cfg.method.name, storage_run_uri(cfg))
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as e:  # noqa: BLE001 - Train V2 raises what failed every attempt
+        log.error("training %s failed: %s: %s", cfg.storage.name, type(e).__name__, e)
+        return TrainResult(name=str(cfg.storage.name), error=f"{type(e).__name__}: {e}")
     return result_from(str(cfg.storage.name), result)

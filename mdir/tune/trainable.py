@@ -206,6 +206,9 @@ def _run_train(space: Any, trial: Any, sweep: dict[str, Any], trial_id: str) -> 
         "storage.name": f"trial-{trial_id}",
         "mlflow.run_name": f"{sweep['name']}-{trial.index:03d}",
         "mlflow.experiment": space.experiment,
+        # checkpoints are kept and registered by the metric the sweep ranks trials by
+        "storage.checkpoint_metric": space.metric.name,
+        "storage.checkpoint_mode": space.metric.mode,
     }
     if sweep.get("parent_run_id"):
         extra["mlflow.parent_run_id"] = sweep["parent_run_id"]
