@@ -231,6 +231,27 @@ def storage_run_uri(cfg: TrainJobConfig) -> str:
     return cfg.storage.path.rstrip("/") + "/" + str(cfg.storage.name)
 
 
+class DeterministicTrainingError(RuntimeError):
+    """The workers stopped on an error that every retry would hit again (no intact
+    checkpoint, too little disk): the run fails once, with the workers' message."""
+
+
+def _fatal_report_callback():
+    """A Train V2 `UserCallback` (built lazily: importing Ray's callback API costs seconds)
+    that fails the run when rank 0 reports ``fatal_error``. The loop reports instead of
+    raising because Ray retries every worker exception as a node failure; an exception
+    raised here, in the controller, is not retried."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class StopOnFatalReport(UserCallback):
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            msg = (metrics[0] if metrics else {}).get("fatal_error")
+            if msg:
+                raise DeterministicTrainingError(msg)
+
+    return StopOnFatalReport()
+
+
 def checkpoint_config(cfg: TrainJobConfig):
     """Ray keeps the `num_to_keep` best-scored checkpoints (and always the latest, for
     resume) when runs are evaluated, so the checkpoint that earned the run's score is
@@ -285,7 +306,7 @@ def build_trainer(
         storage_filesystem=storage_fs,
         failure_config=FailureConfig(max_failures=cfg.storage.max_failures),
         checkpoint_config=checkpoint_config(cfg),
-        callbacks=list(extra_callbacks) or None,
+        callbacks=[_fatal_report_callback(), *extra_callbacks],
         worker_runtime_env={"env_vars": env} if env else None,
     )
     rc_kwargs.update(run_config_kwargs or {})
