@@ -166,3 +166,70 @@ def test_truncated_latest_checkpoint_resumes_from_previous_then_fails_fast(ray_c
     assert "networks.safetensors" in r3.error
     assert len(count.read_text().splitlines()) == 2  # not retried as a node failure
     print(f"deterministic failure reported in {time.monotonic() - t0:.1f}s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_tune_champion_is_the_best_scored_checkpoint(ray_cluster, mlflow_server, tmp_path):
+    """A toy sweep whose trials diverge (toy.lr > 1): each one's best evaluation point is
+    its first (step 5 of 15), not its last. With toy.keep=1 Ray keeps that checkpoint and
+    the latest; the champion's registered weights are the step-5 weights, byte for byte."""
+    import subprocess
+    import uuid
+
+    import mlflow
+    import torch
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import load_file
+
+    from mdir.services import bytecode_cache_env
+
+    root = Path(__file__).resolve().parent.parent
+    name = f"sel-{uuid.uuid4().hex[:8]}"
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        f"""
+name: {name}
+backend: toy
+storage_path: {tmp_path / "tune"}
+experiment: mdir-tune-test
+cases:
+  - {{label: diverge, set: {{toy.lr: 1.2}}}}
+  - {{label: faster, set: {{toy.lr: 1.5}}}}
+parameters:
+  toy.evals: {{grid: [3]}}
+  toy.keep: {{grid: [1]}}
+max_concurrent_trials: 2
+resources_per_trial: {{num_workers: 1, cpus_per_worker: 0.5}}
+"""
+    )
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(root)}
+    env.update(bytecode_cache_env(env))
+    out = subprocess.run(
+        [sys.executable, str(root / "jobs" / "tune.py"), "--space", str(space)],
+        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=1400,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads(next(x for x in reversed(out.stdout.splitlines()) if x.startswith("{")))
+    board = summary["leaderboard"]
+    assert [r["label"].split(",")[0] for r in board] == ["diverge", "faster"]
+    assert all(r["best_step"] == 5 and r["steps"] == 15 for r in board)
+
+    client = MlflowClient(mlflow_server.uri)
+    champ = client.get_model_version_by_alias(f"mdir-toy-{name}", "champion")
+    assert champ.run_id == board[0]["run_id"] and champ.tags["mdir.checkpoint_step"] == "5"
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    dl = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/mdir-toy-{name}/{champ.version}", dst_path=str(tmp_path / "dl")
+        )
+    )
+    registered = load_file(str(next(dl.rglob("generator.safetensors"))))["w"]
+    # the champion trial's kept checkpoints: the best (eval point 1) survived keep=1
+    trial_dir = tmp_path / "tune" / name / "train" / f"trial-{board[0]['trial_id']}"
+    states = {
+        int(s["eval"]): s["w"]
+        for s in (torch.load(p, weights_only=True) for p in trial_dir.glob("checkpoint_*/state.pt"))
+    }
+    assert sorted(states) == [1, 3]  # best + latest; eval point 2 was deleted
+    assert torch.equal(registered, states[1]) and not torch.equal(registered, states[3])
