@@ -226,7 +226,8 @@ resources_per_trial: {{num_workers: 1, cpus_per_worker: 0.5}}
     )
     registered = load_file(str(next(dl.rglob("generator.safetensors"))))["w"]
     # the champion trial's kept checkpoints: the best (eval point 1) survived keep=1
-    trial_dir = tmp_path / "tune" / name / "train" / f"trial-{board[0]['trial_id']}"
+    trial_id = client.get_run(champ.run_id).data.tags["mdir.tune.trial_id"]
+    trial_dir = tmp_path / "tune" / name / "train" / f"trial-{trial_id}"
     states = {
         int(s["eval"]): s["w"]
         for s in (torch.load(p, weights_only=True) for p in trial_dir.glob("checkpoint_*/state.pt"))
