@@ -37,6 +37,7 @@ from typing import Any
 import typer
 
 from mdir import services
+from mdir.runtime import forward_env
 
 app = typer.Typer(
     add_completion=False,
@@ -141,7 +142,7 @@ def _job_env(mlflow: services.MLflowServer | None, data_uri: str | None) -> dict
     if data_uri:
         extra["MDIR_DEMO_DATA"] = data_uri
     extra.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    return services.forward_env(extra)
+    return forward_env(extra)
 
 
 def submit_job(

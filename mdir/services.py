@@ -37,7 +37,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -46,13 +45,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mdir.runtime import (
+    LOOPBACK_ENV,
+    UV_HOOK_ENV,
+    forward_env,
+    pin_interpreter,
+    refresh_ray_auth_config,
+    use_loopback,
+    uv_hook_wanted,
+)
+
 __all__ = [
     "MLFLOW_CLIENT_ENV",
     "MLflowServer",
     "RayHead",
     "S3Server",
     "ServiceError",
+    "WorkerStartWatch",
     "forward_env",
+    "pin_interpreter",
     "free_port",
     "load_state",
     "use_loopback",
@@ -74,22 +85,11 @@ MLFLOW_CLIENT_ENV: dict[str, str] = {
     "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
 }
 
-#: Prefixes / names of variables that :func:`forward_env` copies into a Ray runtime_env.
-FORWARD_PREFIXES = ("AWS_", "MLFLOW_", "MDIR_")
-FORWARD_NAMES = ("RAY_DATA_DISABLE_PROGRESS_BARS", "CI")
-
 _AWS_TEST_CREDS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-#: On Linux Ray turns 127.0.0.1 (in ``--node-ip-address`` *and* in a client's
-#: ``ray.init(address="127.0.0.1:port")``) into the machine's other address, unless
-#: multi-node support is off. For a single-node local head we switch it off (``"0"``) in the
-#: head's and the clients' environment so everything binds and connects to the loopback
-#: only. Not for multi-node clusters (cluster/, infra/).
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 #: Longest Ray temp dir we use as is (socket paths append ~60 bytes; limit is ~107).
 _MAX_RAY_TEMP_LEN = 40
@@ -283,41 +283,6 @@ def load_state(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def forward_env(
-    extra: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """Env vars a Ray job's workers need (AWS_*, MLFLOW_*, MDIR_*, ...) from ``environ``.
-
-    Use as ``ray.init(address, runtime_env={"env_vars": forward_env()})`` or in
-    ``ray job submit --runtime-env-json``. Ray auth variables are *not* forwarded (the
-    cluster's own processes already hold them).
-    """
-    environ = os.environ if environ is None else environ
-    out = {k: v for k, v in environ.items() if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES}
-    out.update(extra or {})
-    return out
-
-
-def bytecode_cache_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Env vars that give Ray's processes a bytecode cache when the driver has none.
-
-    Every trial starts ~6 fresh Python processes (trial actor, Train controller, placement
-    group cleaner, synchronization actor, dataset manager, worker) that each import ray.train
-    and torch. With ``PYTHONDONTWRITEBYTECODE`` set and no cache in the venv (a read-only or
-    never-compiled venv) each of them compiles those packages from source again: ~4 s of CPU
-    per process instead of ~1.5 s, minutes per sweep on 2 cores. Caches go under /tmp
-    (``PYTHONPYCACHEPREFIX``); the venv is not touched. A driver that has its own ``PYTHONPYCACHEPREFIX`` shares it with
-    the workers. Empty when the driver writes bytecode normally (next to the sources).
-    """
-    env = os.environ if environ is None else environ
-    prefix = env.get("PYTHONPYCACHEPREFIX")
-    if not prefix:
-        if not env.get("PYTHONDONTWRITEBYTECODE"):
-            return {}
-        prefix = os.path.join(tempfile.gettempdir(), "mdir-pycache")
-    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": prefix}
-
-
 # ------------------------------------------------------------------ base class
 
 
@@ -370,6 +335,7 @@ class S3Server(_Service):
     """A moto S3 server on 127.0.0.1 (``endpoint`` = ``http://127.0.0.1:<port>``)."""
 
     port: int = 0
+    credentials_file: str = ""
     kind: str = "s3"
 
     @property
@@ -378,8 +344,14 @@ class S3Server(_Service):
 
     @property
     def env(self) -> dict[str, str]:
-        """Variables that point boto3 / s3fs / pyarrow at this server."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, **_AWS_TEST_CREDS}
+        """Variables that point boto3 / s3fs / pyarrow at this server. The (test) keys are
+        in a credentials file, not in the environment: only its path travels to Ray workers
+        (`mdir.runtime.forward_env` never forwards key values)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_SHARED_CREDENTIALS_FILE": self.credentials_file,
+            "AWS_DEFAULT_REGION": _AWS_TEST_CREDS["AWS_DEFAULT_REGION"],
+        }
 
     def healthy(self) -> bool:
         return http_status(f"{self.endpoint}/moto-api/") == 200
@@ -404,6 +376,19 @@ class S3Server(_Service):
         return f"s3://{name}"
 
 
+def _write_credentials_file(path: Path) -> Path:
+    """An AWS shared-credentials file (mode 0600) with the local server's test keys."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(
+            "[default]\n"
+            f"aws_access_key_id = {_AWS_TEST_CREDS['AWS_ACCESS_KEY_ID']}\n"
+            f"aws_secret_access_key = {_AWS_TEST_CREDS['AWS_SECRET_ACCESS_KEY']}\n"
+        )
+    return path
+
+
 def start_s3(state_dir: str | Path, port: int | None = None, timeout: float = 60.0) -> S3Server:
     """Start (or reuse) a moto S3 server; state in ``<state_dir>/s3.json``, log ``s3.log``."""
     state_dir = Path(state_dir).absolute()
@@ -416,9 +401,15 @@ def start_s3(state_dir: str | Path, port: int | None = None, timeout: float = 60
         srv.stop()  # stale: kill leftovers of the group, drop the file
     port = port or free_port()
     log = state_dir / "s3.log"
+    creds = _write_credentials_file(state_dir / "aws_credentials")
     proc = _spawn([_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], log, os.environ)
     srv = S3Server(
-        state_file=str(state_file), pids=[proc.pid], pgid=proc.pid, log=str(log), port=port
+        state_file=str(state_file),
+        pids=[proc.pid],
+        pgid=proc.pid,
+        log=str(log),
+        port=port,
+        credentials_file=str(creds),
     )
     srv.save()
     try:
@@ -622,6 +613,12 @@ class RayHead(_Service):
         with contextlib.suppress(FileNotFoundError):
             Path(self.state_file).unlink()
 
+    def worker_watch(self) -> WorkerStartWatch:
+        """A watch on this head's raylet for worker processes that die while starting
+        (e.g. a Python without Ray): tests that wait for workers call ``check()`` in their
+        wait loop and fail at once with the raylet's reason instead of timing out."""
+        return WorkerStartWatch(Path(self.temp_dir) / "session_latest" / "logs" / "raylet.err")
+
     def init(self, runtime_env: Mapping[str, Any] | None = None, **kwargs):
         """``ray.init`` against this head with token auth and :func:`forward_env` env vars.
 
@@ -631,7 +628,8 @@ class RayHead(_Service):
 
         os.environ.pop("RAY_AUTH_TOKEN", None)
         os.environ.update(self.env)
-        _refresh_ray_auth_config()
+        refresh_ray_auth_config()
+        pin_interpreter()
         if self.loopback_only:
             use_loopback()
         if ray.is_initialized():
@@ -642,29 +640,6 @@ class RayHead(_Service):
         env["env_vars"] = env_vars
         kwargs.setdefault("log_to_driver", False)
         return ray.init(address=self.address, runtime_env=env, **kwargs)
-
-
-def use_loopback() -> None:
-    """Make this process's Ray client keep 127.0.0.1 addresses (see :data:`LOOPBACK_ENV`).
-
-    Sets the variable for child processes and patches the constant that an
-    already-imported ``ray`` computed from it at import time.
-    """
-    os.environ[LOOPBACK_ENV] = "0"
-    mod = sys.modules.get("ray._private.ray_constants")
-    if mod is not None:
-        mod.ENABLE_RAY_CLUSTER = False
-
-
-def _refresh_ray_auth_config() -> None:
-    """Make an already-imported ray see RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH changes."""
-    try:
-        from ray._raylet import AuthenticationTokenLoader, Config
-
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-    except Exception:  # noqa: BLE001 — private API; ray.init reads the env anyway
-        pass
 
 
 #: ``ray start`` run through this shim: before the raylet starts, the agents' port files are
@@ -777,6 +752,10 @@ def _ray_start_once(
     run_env.setdefault("RAY_agent_register_timeout_ms", "180000")
     run_env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")  # default 60 s
     run_env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # Job drivers inherit this: Ray's "uv run" hook must not re-point their workers at
+    # `uv run` in a directory without mdir's project (mdir.runtime.pin_interpreter)
+    if not uv_hook_wanted(run_env):
+        run_env[UV_HOOK_ENV] = "0"
     # `ray start` daemonizes its processes and exits; in its own session they share its pgid.
     # The raylet gives the dashboard agent a hard-coded ~15 s to write its port file and
     # aborts otherwise (ray-project/ray#65983); on a busy 2-core machine the agent's Python
@@ -877,6 +856,38 @@ def start_ray_head(
     head.pids = [p for p, _ in head.ray_pids()]
     head.save()
     return head
+
+
+class WorkerStartWatch:
+    """Reads what a raylet wrote to ``raylet.err`` since the watch was made. A worker whose
+    interpreter fails before it connects (``ModuleNotFoundError: No module named 'ray'``
+    under a wrong ``py_executable``) writes its traceback there, and Ray then retries it
+    for as long as the task waits — minutes of silence for the waiting driver."""
+
+    #: Lines that mean a worker process could not start.
+    MARKERS = ("ModuleNotFoundError", "ImportError", "workers/default_worker.py")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def new_text(self) -> str:
+        if not self.path.exists():
+            return ""
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            return fh.read().decode(errors="replace")
+
+    def errors(self) -> list[str]:
+        """The lines since the watch began that mark a failed worker start."""
+        return [ln for ln in self.new_text().splitlines() if any(m in ln for m in self.MARKERS)]
+
+    def check(self, what: str = "Ray workers") -> None:
+        """Raise ``ServiceError`` naming the raylet's reason if a worker failed to start."""
+        errs = self.errors()
+        if errs:
+            tail = "\n".join(self.new_text().splitlines()[-15:])
+            raise ServiceError(f"{what} cannot start; the raylet ({self.path}) says:\n{tail}")
 
 
 # ------------------------------------------------------------------ by state file

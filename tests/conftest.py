@@ -4,9 +4,10 @@ Each is started once per test session (only when a test asks for it) by
 :mod:`mdir.services` and stopped by pid / process group at the end — never ``ray stop``.
 
 - ``s3_server`` (:class:`mdir.services.S3Server`): sets ``AWS_ENDPOINT_URL``,
-  ``AWS_ACCESS_KEY_ID=testing``, ``AWS_SECRET_ACCESS_KEY=testing``,
-  ``AWS_DEFAULT_REGION=us-east-1``; ``s3_server.bucket("name") -> "s3://name"``.
-  s3fs, boto3 and pyarrow's ``s3://`` filesystem all pick up ``AWS_ENDPOINT_URL``.
+  ``AWS_SHARED_CREDENTIALS_FILE`` (a 0600 file with the test keys: key values are never
+  forwarded to Ray workers, the file's path is) and ``AWS_DEFAULT_REGION=us-east-1``;
+  ``s3_server.bucket("name") -> "s3://name"``. s3fs, boto3 and pyarrow's ``s3://``
+  filesystem all pick up ``AWS_ENDPOINT_URL`` and the credentials file.
 - ``ray_cluster`` (:class:`mdir.services.RayHead`): 4 *logical* CPUs on this 2-core
   machine so 2 Train workers + Ray Data tasks fit at once; sets ``RAY_ADDRESS``,
   ``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH``; ``.address`` (GCS),
@@ -14,8 +15,8 @@ Each is started once per test session (only when a test asks for it) by
   ``.init()`` (``ray.init`` with auth + forwarded env), ``.runtime_env()``.
   **Env for workers**: the head was started before/independently of the other services, so
   pass AWS_* / MLFLOW_* to workers with ``runtime_env={"env_vars": ...}`` —
-  ``ray_cluster.init()`` does it for you (it forwards AWS_*, MLFLOW_*, MDIR_* and
-  RAY_DATA_DISABLE_PROGRESS_BARS from ``os.environ`` at call time), or
+  ``ray_cluster.init()`` does it for you (it forwards the non-secret AWS_*, MLFLOW_*, MDIR_*
+  and RAY_DATA_DISABLE_PROGRESS_BARS from ``os.environ`` at call time), or
   ``ray.init(address=ray_cluster.address, runtime_env=ray_cluster.runtime_env())``, or
   ``ray job submit --runtime-env-json`` with the same dict.
 - ``mlflow_server`` (:class:`mdir.services.MLflowServer`): SQLite + proxied local
@@ -38,13 +39,17 @@ from pathlib import Path
 
 import pytest
 
-from mdir import services
+from mdir import runtime, services
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 # Must be set before any test module imports ray: keeps Ray clients on 127.0.0.1.
 os.environ[services.LOOPBACK_ENV] = "0"
 # A stray ~/.ray/auth_token must not decide auth for clients; the fixtures set it explicitly.
 os.environ.pop("RAY_AUTH_TOKEN", None)
+# `make test` runs pytest under `uv run`: drivers started from here (and their subprocesses)
+# must not let Ray's uv-run hook pick their workers' Python (mdir.runtime.pin_interpreter).
+# Tests that exercise that launch style remove the variable for their driver on purpose.
+runtime.pin_interpreter()
 
 
 def _short_tmp(prefix: str) -> Path:

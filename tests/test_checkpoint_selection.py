@@ -182,7 +182,7 @@ def test_tune_champion_is_the_best_scored_checkpoint(ray_cluster, mlflow_server,
     from mlflow.tracking import MlflowClient
     from safetensors.torch import load_file
 
-    from mdir.services import bytecode_cache_env
+    from mdir.runtime import bytecode_cache_env
 
     root = Path(__file__).resolve().parent.parent
     name = f"sel-{uuid.uuid4().hex[:8]}"

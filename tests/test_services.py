@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mdir import services
+from mdir import runtime, services
 
 # ---------------------------------------------------------------- S3
 
@@ -267,11 +267,11 @@ def test_demo_up_then_down_stops_only_what_it_started(tmp_path):
 def test_bytecode_cache_env_only_when_the_driver_writes_no_bytecode(tmp_path):
     import tempfile
 
-    assert services.bytecode_cache_env({}) == {}  # bytecode written next to the sources
+    assert runtime.bytecode_cache_env({}) == {}  # bytecode written next to the sources
     default = os.path.join(tempfile.gettempdir(), "mdir-pycache")
-    assert services.bytecode_cache_env({"PYTHONDONTWRITEBYTECODE": "1"}) == {
+    assert runtime.bytecode_cache_env({"PYTHONDONTWRITEBYTECODE": "1"}) == {
         "PYTHONDONTWRITEBYTECODE": "",
         "PYTHONPYCACHEPREFIX": default,
     }
     own = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(tmp_path)}
-    assert services.bytecode_cache_env(own)["PYTHONPYCACHEPREFIX"] == str(tmp_path)
+    assert runtime.bytecode_cache_env(own)["PYTHONPYCACHEPREFIX"] == str(tmp_path)

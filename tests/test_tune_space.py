@@ -270,7 +270,7 @@ def test_driver_env_inside_a_job_leaves_out_the_jobs_own_variables():
     both (make demo-tune failed on it): the job's keys are found and left out."""
     import json
 
-    from mdir.tune.runner import _job_env_keys
+    from mdir.runtime import job_env_keys as _job_env_keys
 
     job = {"runtime_env": {"working_dir": "gcs://x.zip", "env_vars": {"MLFLOW_TRACKING_URI": "u"}}}
     assert _job_env_keys({"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job)}) == {

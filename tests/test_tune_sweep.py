@@ -18,12 +18,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from launch import hook_env, under_uv_run, wait_driver
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    from mdir.services import bytecode_cache_env
+    from mdir.runtime import bytecode_cache_env
 
     env = dict(os.environ)
     env.update(
@@ -88,8 +89,14 @@ max_failures: 1
     )
     cmd = [sys.executable, str(ROOT / "jobs" / "tune.py"), "--space", str(space)]
     sweep_dir = storage / name
+    watch = ray_cluster.worker_watch()
     log1 = open(tmp_path / "first.log", "w")  # noqa: SIM115 - outlives the Popen below
-    first = subprocess.Popen(cmd, env=_env(), stdout=log1, stderr=subprocess.STDOUT, cwd=tmp_path)
+    # The first driver runs under `uv run` from a directory without pyproject.toml, with Ray's
+    # uv hook not switched off beforehand (the CI failure); the resumed one runs plainly.
+    first = subprocess.Popen(
+        under_uv_run(cmd, tmp_path), env=hook_env(_env()), stdout=log1,
+        stderr=subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
     # Kill the driver once Tune's *saved* experiment state records a finished trial. (A
     # trial's `completed` marker is written before its function returns; Tune records the
     # trial as TERMINATED and saves that state only afterwards. A driver killed in between
@@ -100,6 +107,7 @@ max_failures: 1
         deadline = time.time() + 600
         while time.time() < deadline and first.poll() is None and not finished_first:
             time.sleep(0.5)
+            watch.check("the sweep's trial workers")  # fails in seconds, with the raylet's reason
             status = _persisted_status(sweep_dir)
             finished_first = {t for t, s in status.items() if s == "TERMINATED"}
         assert finished_first, (tmp_path / "first.log").read_text()[-3000:]
@@ -112,11 +120,15 @@ max_failures: 1
     # Tune's TERMINATED = the trial function returned = it marked itself completed
     assert finished_first <= {p.name for p in (sweep_dir / "completed").glob("*")}, status
 
-    second = subprocess.run(
-        cmd, env=_env(), capture_output=True, text=True, cwd=tmp_path, timeout=900
-    )
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    summary = _last_json(second.stdout)
+    log2 = tmp_path / "second.log"
+    with open(log2, "w") as fh:
+        second = subprocess.Popen(
+            cmd, env=_env(), stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
+        rc = wait_driver(second, watch, 900, log2)
+    second_out = log2.read_text()
+    assert rc == 0, second_out[-6000:]
+    summary = _last_json(second_out)
     assert summary["resumed"] is True
 
     # the finished trials ran exactly once: the resumed sweep did not start them again
@@ -130,7 +142,7 @@ max_failures: 1
     assert scores == sorted(scores) and len(scores) == 2
     assert board[2]["status"] == "error" and board[2]["fid"] is None  # raised, retried, skipped
     assert board[0]["status"] == "finished" and board[0]["eval_points"] == 3
-    assert "| rank | trial | label | fid |" in second.stdout  # leaderboard printed
+    assert "| rank | trial | label | fid |" in second_out  # leaderboard printed
 
     # the failing trial was retried (FailureConfig max_failures=1) and never stopped the sweep
     broken_tid = next(p.name for p in (sweep_dir / "toy_markers").iterdir() if p.name not in finished_first
@@ -230,16 +242,18 @@ def test_real_training_sweep_ranks_and_crowns(tmp_path: Path, ray_cluster, mlflo
     )
     path = tmp_path / "space.yaml"
     path.write_text(json.dumps(space.model_dump(mode="json")))  # JSON is YAML
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "tune.py"), "--space", str(path)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=1400,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    summary = _last_json(out.stdout)
+    log = tmp_path / "sweep.log"
+    watch = ray_cluster.worker_watch()
+    with open(log, "w") as fh:
+        # under `uv run` with Ray's hook not switched off beforehand (see the toy sweep)
+        proc = subprocess.Popen(
+            under_uv_run([sys.executable, str(ROOT / "jobs" / "tune.py"), "--space", str(path)], tmp_path),
+            env=hook_env(_env()), stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )  # fmt: skip
+        rc = wait_driver(proc, watch, 1400, log)
+    text = log.read_text()
+    assert rc == 0, text[-6000:]
+    summary = _last_json(text)
     board = summary["leaderboard"]
     assert len(board) == 2 and all(r["status"] == "finished" for r in board)
     scores = [r["fid_random_inception"] for r in board]

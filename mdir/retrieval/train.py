@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 import warnings
@@ -201,17 +200,8 @@ def _fit_on_ray(cfg: RetrievalJobConfig, loop_cfg: dict, name: str, storage: str
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    env_keys = (
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_DEFAULT_REGION",
-        "MLFLOW_S3_ENDPOINT_URL",
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_TRACKING_TOKEN",
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT",
-    )
+    from mdir.runtime import worker_runtime_env
+
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=loop_cfg,
@@ -224,9 +214,7 @@ def _fit_on_ray(cfg: RetrievalJobConfig, loop_cfg: dict, name: str, storage: str
             name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=0),
-            worker_runtime_env={
-                "env_vars": {k: os.environ[k] for k in env_keys if k in os.environ}
-            },
+            worker_runtime_env=worker_runtime_env(),
         ),
     )
     result = trainer.fit()
@@ -248,10 +236,12 @@ def _register(
         for k, v in metrics.items()
         if isinstance(v, int | float) and math.isfinite(float(v))
     }
+    from mdir.training.registry import set_version_tag
+
     for k in ("recall_at_1/night", "recall_at_1/day", "map"):
         if k in finite and name:
             mv = client.get_model_version_by_alias(name, cfg.mlflow.alias)
-            client.set_model_version_tag(name, mv.version, "metric." + k, f"{finite[k]:.6g}")
+            set_version_tag(client, name, mv.version, "metric." + k, f"{finite[k]:.6g}")
     return uri
 
 

@@ -141,12 +141,24 @@ def register_generator(
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, alias, version)
     for k, v in (metrics or {}).items():
-        client.set_model_version_tag(name, version, f"metric.{k}", f"{v:.6g}")
-    client.set_model_version_tag(name, version, "mdir.method", cfg.method.name)
-    client.set_model_version_tag(name, version, "mdir.run_id", run_id)
+        set_version_tag(client, name, version, f"metric.{k}", f"{v:.6g}")
+    set_version_tag(client, name, version, "mdir.method", cfg.method.name)
+    set_version_tag(client, name, version, "mdir.run_id", run_id)
     for k, v in (tags or {}).items():
-        client.set_model_version_tag(name, version, k, v)
+        set_version_tag(client, name, version, k, v)
     return f"models:/{name}@{alias}"
+
+
+def set_version_tag(client: Any, name: str, version: str, key: str, value: str) -> None:
+    """Set a model-version tag, tolerating the retry race of a slow server: a request that
+    timed out on the client but committed on the server is retried, and the retry fails with
+    a UNIQUE-constraint error although the tag is there. Re-read and accept when it is."""
+    try:
+        client.set_model_version_tag(name, version, key, value)
+    except Exception:
+        tags = client.get_model_version(name, version).tags or {}
+        if tags.get(key) != value:
+            raise
 
 
 @dataclass

@@ -27,26 +27,6 @@ from mdir.training.config import TrainJobConfig
 
 log = logging.getLogger("mdir.training")
 
-#: Environment variables handed to the workers (credentials come from the environment only).
-FORWARDED_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "RAY_DATA_DISABLE_PROGRESS_BARS",
-    "MDIR_TORCH_THREADS",
-    "MDIR_VGG16_WEIGHTS",
-    "MDIR_INCEPTION_WEIGHTS",
-    "TORCH_HOME",
-)
-
 
 @dataclass
 class TrainResult:
@@ -176,44 +156,11 @@ def validate_before_launch(
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to the cluster at `address` / RAY_ADDRESS, else start a local one."""
-    import ray
+    """Connect to the cluster at `address` / RAY_ADDRESS, else start a private local head
+    (`mdir.runtime.connect`: non-secret env forwarded, Ray's uv-run hook off)."""
+    from mdir.runtime import connect
 
-    if ray.is_initialized():
-        return
-    addr = address or os.environ.get("RAY_ADDRESS")
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    if addr:
-        if addr.split(":")[0] in ("127.0.0.1", "localhost"):
-            # A loopback-only head: keep Ray's client on 127.0.0.1 (DESIGN.md pitfalls).
-            from mdir.services import use_loopback
-
-            use_loopback()
-        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or "RAY_JOB_ID" in os.environ
-        # Inside `ray job submit` the job's runtime_env (working dir) applies; don't replace it.
-        # Workers get the forwarded variables through RunConfig.worker_runtime_env anyway.
-        ray.init(
-            address=addr,
-            runtime_env=None if in_job or not env else {"env_vars": env},
-            log_to_driver=True,
-        )
-    else:
-        # A private head on 127.0.0.1 with its own token (a plain local ray.init() would
-        # write ~/.ray/auth_token and silently switch auth on for everyone's clusters);
-        # stopped when this process exits.
-        import atexit
-        import tempfile
-
-        from mdir.services import start_ray_head
-
-        head = start_ray_head(tempfile.mkdtemp(prefix="mdir-ray-"), num_cpus=os.cpu_count() or 2)
-
-        def _stop() -> None:  # disconnect first: a driver whose head vanishes exits with 1
-            ray.shutdown()
-            head.stop()
-
-        atexit.register(_stop)
-        head.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+    connect(address, local="head", log_to_driver=True)
 
 
 def _storage(path: str) -> tuple[str, Any]:
@@ -299,7 +246,8 @@ def build_trainer(
     datasets = plan.datasets()
     spe = plan.steps_per_epoch(cfg.scaling.num_workers)
     storage_path, storage_fs = _storage(cfg.storage.path)
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    from mdir.runtime import worker_runtime_env
+
     rc_kwargs: dict[str, Any] = dict(
         name=cfg.storage.name,
         storage_path=storage_path,
@@ -307,7 +255,7 @@ def build_trainer(
         failure_config=FailureConfig(max_failures=cfg.storage.max_failures),
         checkpoint_config=checkpoint_config(cfg),
         callbacks=[_fatal_report_callback(), *extra_callbacks],
-        worker_runtime_env={"env_vars": env} if env else None,
+        worker_runtime_env=worker_runtime_env(),
     )
     rc_kwargs.update(run_config_kwargs or {})
     loop_config: dict[str, Any] = {

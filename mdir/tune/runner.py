@@ -149,41 +149,11 @@ def check_before_launch(
 
 def _ensure_ray() -> None:
     """Connect to the cluster (RAY_ADDRESS, or the job's) unless already connected; trial
-    actors and Train workers get AWS_* / MLFLOW_* / MDIR_* through the job's runtime_env."""
-    import ray
+    actors and Train workers get the forwarded variables through the driver's runtime_env
+    (`mdir.runtime.connect`)."""
+    from mdir.runtime import connect
 
-    if ray.is_initialized():
-        return
-    from mdir.services import bytecode_cache_env, forward_env, use_loopback
-
-    # MLflow's telemetry thread pops an env var while requests iterates os.environ for
-    # proxies: a KeyError that fails tracking calls at random in actors. Off everywhere.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    addr = os.environ.get("RAY_ADDRESS") or None
-    if addr and addr.split("://")[-1].startswith("127.0.0.1"):
-        use_loopback()  # keep the loopback address the head advertises (DESIGN.md pitfalls)
-    env_vars = {**bytecode_cache_env(), **forward_env()}
-    # Inside `ray job submit` Ray merges this runtime_env with the job's and refuses any
-    # variable both set (even to the same value): send only what the job does not set.
-    job_keys = _job_env_keys()
-    env_vars = {k: v for k, v in env_vars.items() if k not in job_keys}
-    ray.init(
-        address=addr,
-        runtime_env={"env_vars": env_vars} if env_vars else None,
-        log_to_driver=True,
-    )
-
-
-def _job_env_keys(environ: dict[str, str] | None = None) -> set[str]:
-    """Environment variables the enclosing Ray job's runtime_env sets (empty outside a job)."""
-    raw = (os.environ if environ is None else environ).get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not raw:
-        return set()
-    try:
-        runtime_env = json.loads(raw).get("runtime_env") or {}
-    except (ValueError, AttributeError):
-        return set()
-    return set((runtime_env.get("env_vars") or {}).keys())
+    connect(local="head", log_to_driver=True)
 
 
 def _is_local(path: str) -> bool:
@@ -582,11 +552,13 @@ def set_champion(client: Any, model_uri: str, sweep: str = "") -> str:
         previous = client.get_model_version_by_alias(name, "champion").version
     except Exception:  # noqa: BLE001 - no champion yet
         previous = None
+    from mdir.training.registry import set_version_tag
+
     client.set_registered_model_alias(name, "champion", version)
     if previous is not None and str(previous) != str(version):
-        client.set_model_version_tag(name, version, "mdir.previous_champion", str(previous))
+        set_version_tag(client, name, version, "mdir.previous_champion", str(previous))
     if sweep:
-        client.set_model_version_tag(name, version, "mdir.tune.sweep", sweep)
+        set_version_tag(client, name, version, "mdir.tune.sweep", sweep)
     return f"models:/{name}@champion"
 
 

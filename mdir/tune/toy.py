@@ -153,6 +153,8 @@ def register_toy_generator(
     mv = client.create_model_version(model_name, source=f"runs:/{run_id}/generator", run_id=run_id)
     client.set_registered_model_alias(model_name, "candidate", mv.version)
     if step is not None:
-        client.set_model_version_tag(model_name, mv.version, "mdir.checkpoint_step", str(step))
+        from mdir.training.registry import set_version_tag
+
+        set_version_tag(client, model_name, mv.version, "mdir.checkpoint_step", str(step))
         client.set_tag(run_id, "mdir.registered_step", str(step))
     return str(mv.version)
