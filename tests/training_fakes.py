@@ -121,13 +121,36 @@ class FakeMethod:
 
 
 class FakeFactory:
-    """Picklable ``(cfg, device) -> FakeMethod`` with the crash / dump options."""
+    """Picklable ``(cfg, device) -> FakeMethod`` with the crash / dump options;
+    `count_file` gets one line per method built (one per rank and attempt)."""
 
-    def __init__(self, die_at_step: int = 0, marker: str = "", dump_dir: str = "") -> None:
+    def __init__(
+        self, die_at_step: int = 0, marker: str = "", dump_dir: str = "", count_file: str = ""
+    ) -> None:
         self.kw = {"die_at_step": die_at_step, "marker": marker, "dump_dir": dump_dir}
+        self.count_file = count_file
 
     def __call__(self, cfg: Any, device: torch.device) -> FakeMethod:
+        if self.count_file:
+            with open(self.count_file, "a") as f:
+                f.write("built\n")
         return FakeMethod(cfg, device, **self.kw)
+
+
+class FakeEvaluator:
+    """Picklable stand-in for the loop's evaluation: ``eval/<key>`` = ``values[step]``, so a
+    test decides which evaluation point is best (the real metrics are tested elsewhere)."""
+
+    def __init__(self, values: dict[int, float], key: str = "fid_fake") -> None:
+        self.values, self.key = dict(values), key
+
+    def __call__(self, tracker: Any, cfg: Any, method: Any, plan: Any, step: int) -> dict:
+        if step not in self.values:
+            return {}
+        m = {f"eval/{self.key}": float(self.values[step])}
+        if tracker is not None:
+            tracker.log_metrics(m, step)
+        return m
 
 
 class RandomPlan:

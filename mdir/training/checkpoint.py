@@ -185,3 +185,163 @@ def directory_size_mb(directory: str | Path) -> float:
     for root, _, files in os.walk(directory):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
     return total / 2**20
+
+
+# --------------------------------------------------------------------- integrity manifest
+
+MANIFEST_DIR = "manifest"
+#: Reported with every checkpoint so Ray's `CheckpointConfig` can rank them ("max" order):
+#: the selection metric's value (negated for "min" metrics) at that very step, else UNSCORED.
+SCORE_KEY = "selection/score"
+#: Score of a checkpoint that was not evaluated at its step (finite: Ray stores its
+#: checkpoint bookkeeping as JSON, where an infinity becomes null and breaks the ranking).
+UNSCORED = -1e300
+
+
+class CheckpointCorruptError(RuntimeError):
+    """No intact checkpoint to resume from: a deterministic error, never worth a retry."""
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: str | Path, rank: int, world_size: int) -> Path:
+    """sha256 and size of every file this rank wrote into `directory` (its own temporary
+    checkpoint dir, which Ray merges with the other ranks'), as ``manifest/rank_<r>.json``.
+    Written last: a checkpoint cut short (crash, ENOSPC) has no manifest or a wrong one."""
+    d = Path(directory)
+    files = {
+        p.relative_to(d).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size}
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and p.relative_to(d).parts[0] != MANIFEST_DIR
+    }
+    out = d / MANIFEST_DIR / f"rank_{rank}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"rank": rank, "world_size": world_size, "files": files}, indent=1))
+    os.replace(tmp, out)
+    return out
+
+
+def verify_checkpoint(directory: str | Path) -> list[str]:
+    """What is wrong with the checkpoint in `directory` against its manifests ([] = intact):
+    a missing or unreadable manifest, a missing rank's manifest, a missing file, or a file
+    whose size or sha256 differs (truncated, zero-filled, half-uploaded)."""
+    d = Path(directory)
+    first = d / MANIFEST_DIR / "rank_0.json"
+    if not first.is_file():
+        return [f"{MANIFEST_DIR}/rank_0.json missing (incomplete or pre-manifest checkpoint)"]
+    problems: list[str] = []
+    try:
+        world = int(json.loads(first.read_text())["world_size"])
+    except (ValueError, KeyError, TypeError) as e:
+        return [f"{MANIFEST_DIR}/rank_0.json unreadable: {e}"]
+    for r in range(world):
+        mf = d / MANIFEST_DIR / f"rank_{r}.json"
+        try:
+            files = json.loads(mf.read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problems.append(f"{mf.relative_to(d)} missing or unreadable: {e}")
+            continue
+        for rel, want in files.items():
+            p = d / rel
+            if not p.is_file():
+                problems.append(f"{rel} missing")
+            elif p.stat().st_size != want["size"]:
+                problems.append(f"{rel} has {p.stat().st_size} bytes, manifest says {want['size']}")
+            elif _sha256(p) != want["sha256"]:
+                problems.append(f"{rel} sha256 differs from the manifest")
+    return problems
+
+
+def checkpoint_candidates(latest: Any) -> list[Any]:
+    """Ray `Checkpoint`s to try when resuming, newest first: `latest` (what Ray Train hands
+    back), then the older ``checkpoint_*`` directories beside it. Directories newer than
+    `latest` were never registered by Ray (a crash mid-upload): they are never candidates."""
+    from pyarrow import fs as pafs
+    from ray.train import Checkpoint
+
+    parent, name = latest.path.rstrip("/").rsplit("/", 1)
+    try:
+        infos = latest.filesystem.get_file_info(pafs.FileSelector(parent))
+    except OSError:
+        return [latest]
+    older = sorted(
+        (
+            i.base_name
+            for i in infos
+            if i.type == pafs.FileType.Directory
+            and i.base_name.startswith("checkpoint_")
+            and i.base_name < name
+        ),
+        reverse=True,
+    )
+    return [latest] + [Checkpoint(f"{parent}/{n}", filesystem=latest.filesystem) for n in older]
+
+
+def estimate_checkpoint_bytes(
+    networks: dict[str, nn.Module],
+    generator: nn.Module | None,
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> int:
+    """Bytes one checkpoint will take: every network's state, the generator copy, and two
+    moment buffers per optimised parameter (Adam's state; the optimizers are still empty
+    before the first step, so their state cannot be measured yet)."""
+
+    def sd_bytes(m: nn.Module) -> int:
+        return sum(t.numel() * t.element_size() for t in unwrap(m).state_dict().values())
+
+    total = sum(sd_bytes(n) for n in networks.values())
+    total += sd_bytes(generator) if generator is not None else 0
+    for o in optimizers.values():
+        total += sum(2 * p.numel() * p.element_size() for g in o.param_groups for p in g["params"])
+    return total
+
+
+def check_disk_space(
+    run_dir: str | Path, per_checkpoint: int, checkpoints: int, free: int | None = None
+) -> None:
+    """Refuse to start when the local storage cannot hold `checkpoints` checkpoints of
+    `per_checkpoint` bytes (what is already stored under `run_dir` counts as held):
+    running out mid-write leaves a truncated checkpoint (issue 19)."""
+    import shutil
+
+    d = Path(run_dir)
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    stored = int(directory_size_mb(d) * 2**20) if d.exists() else 0
+    free = shutil.disk_usage(probe).free if free is None else free
+    need = checkpoints * per_checkpoint - stored
+    if need > free:
+        raise OSError(
+            f"storage.path: {d} has {free / 2**20:.1f} MiB free, but {checkpoints} checkpoints "
+            f"(storage.num_to_keep + the one being written) of ~{per_checkpoint / 2**20:.1f} MiB "
+            f"need {need / 2**20:.1f} MiB more than the {stored / 2**20:.1f} MiB stored there"
+        )
+
+
+def fetch_verified_file(checkpoint: Any, rel: str, dest_dir: str | Path) -> Path:
+    """Copy one file of a (possibly remote) Ray `Checkpoint` to `dest_dir` and check it
+    against that checkpoint's rank-0 manifest; raises `CheckpointCorruptError` on mismatch."""
+    import shutil
+
+    fs, base = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    with fs.open_input_stream(f"{base}/{MANIFEST_DIR}/rank_0.json") as f:
+        want = json.loads(f.read().decode())["files"].get(rel)
+    if want is None:
+        raise CheckpointCorruptError(f"{base}/{rel} is not in the checkpoint's manifest")
+    dest = Path(dest_dir) / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with fs.open_input_stream(f"{base}/{rel}") as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out)
+    if dest.stat().st_size != want["size"] or _sha256(dest) != want["sha256"]:
+        raise CheckpointCorruptError(f"{base}/{rel} differs from the checkpoint's manifest")
+    return dest

@@ -119,7 +119,21 @@ class StorageSection(StrictModel):
     max_failures: int = Field(
         1, ge=-1, description="Worker-group restarts from the latest checkpoint (-1 = unlimited)."
     )
-    num_to_keep: int = Field(2, ge=1, description="Checkpoints kept in storage (oldest deleted).")
+    num_to_keep: int = Field(
+        2,
+        ge=1,
+        description="Checkpoints kept in storage. With evaluation, the best-scored ones are kept "
+        "(plus the latest, for resume); without, the newest.",
+    )
+    checkpoint_metric: str | None = Field(
+        None,
+        description="Evaluation key (as Tune names it, e.g. fid_legacy) that ranks checkpoints: the "
+        "best one is kept and registered. None = the first fid* key the evaluation reports. Tune "
+        "sets it to the sweep's metric.",
+    )
+    checkpoint_mode: Literal["min", "max"] = Field(
+        "min", description="Whether a lower (min: FID, KID) or higher checkpoint_metric is better."
+    )
     check_timeout_s: float = Field(
         30.0,
         gt=0,

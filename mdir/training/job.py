@@ -81,6 +81,7 @@ def run_job(
     from mdir.training.config import load_job_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = None
     try:
         cfg = load_job_config(config, overrides, method=method)
         if dry:
@@ -92,6 +93,11 @@ def run_job(
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the result line is the job's contract: always print it
+        logging.getLogger("mdir.training").exception("job failed")
+        name = cfg.storage.name if cfg is not None else None
+        print(result_line({"run_name": name, "error": f"{type(e).__name__}: {e}"}), flush=True)
+        return 1
     print(result_line(result.summary()), flush=True)
     return 0 if result.error is None else 1
 

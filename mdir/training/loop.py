@@ -36,6 +36,7 @@ from torch import nn
 from mdir.config import dump_config
 from mdir.methods.base import EpochContext
 from mdir.training import checkpoint as ckpt
+from mdir.training import selection
 from mdir.training.config import TrainJobConfig
 from mdir.training.watchdog import stall_message, watch_batches
 
@@ -113,6 +114,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     plan = loop_config["plan"]
     spe: int = int(loop_config["steps_per_epoch"])
     factory: MethodFactory | None = loop_config.get("method_factory")
+    evaluate = loop_config.get("evaluator") or _evaluate  # tests pass a fake evaluation
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -143,16 +145,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_id: str | None = None
     resumed_from = -1
     restored = ray.train.get_checkpoint()
+    fatal: str | None = None
+    state: dict[str, Any] = {}
     if restored is not None:
-        with restored.as_directory() as d:
-            state = ckpt.load_training_state(
-                d,
-                networks=unwrapped_networks(method),
-                optimizers=optimizers,
-                schedulers=schedulers,
-                rank=rank,
-            )
-        method.load_state_dict(state["method"])
+        try:
+            state = _restore(restored, method, optimizers, schedulers, rank)
+        except ckpt.CheckpointCorruptError as e:
+            fatal = str(e)
+    if fatal is None:
+        try:
+            _check_disk_space(cfg, method, optimizers, scored=_scored(cfg))
+        except OSError as e:
+            fatal = str(e)
+    if fatal is not None:
+        # Deterministic: every attempt would fail the same way. Reporting (instead of
+        # raising) ends the run without burning FailureConfig retries on it; the driver
+        # turns ``fatal_error`` into the job's error (issue 19).
+        if rank == 0:
+            log.error("not training: %s", fatal)
+        ray.train.report({"fatal_error": fatal, "step": step})
+        return
+    if restored is not None:
         step = state["step"]
         start_epoch, step_in_epoch, epoch_done = resume_position(
             state["epoch"], state["step_in_epoch"], spe
@@ -178,6 +191,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     images_per_step = cfg.train.batch_size * world
     last_losses: dict[str, float] = {}
     last_metrics: dict[str, float] = {}
+    eval_step = -1  # the step `last_metrics` were measured at
     last_ckpt_step = step if restored is not None else -1
     t_window, n_window = time.perf_counter(), 0
     t_start = time.perf_counter()
@@ -195,8 +209,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "steps_this_attempt": steps_run,
             "throughput/steps_per_s": steady_steps_per_s,
             **{f"loss/{k}": v for k, v in last_losses.items()},
-            **last_metrics,
         }
+        if eval_step == step:  # a checkpoint carries the evaluation of its own weights only
+            metrics.update(last_metrics)
+        if rank == 0:
+            metrics[ckpt.SCORE_KEY] = selection.score(
+                metrics, cfg.storage.checkpoint_metric, cfg.storage.checkpoint_mode
+            )
         with tempfile.TemporaryDirectory(prefix="mdir-ckpt-") as d:
             if rank == 0:
                 ckpt.save_training_state(
@@ -213,8 +232,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     config_yaml=dump_config(cfg),
                 )
             ckpt.save_rng(d, rank)
+            ckpt.write_manifest(d, rank, world)
             if final and rank == 0:
-                metrics.update(_finish(tracker, cfg, method, d, last_metrics, fixed, plan))
+                metrics.update(
+                    _finish(tracker, cfg, method, d, last_metrics, fixed, plan, evaluate)
+                )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         last_ckpt_step = step
 
@@ -288,12 +310,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 and step % cfg.train.eval_every == 0
                 and step < total_steps
             ):
-                last_metrics = _evaluate(tracker, cfg, method, plan, step)
+                last_metrics = evaluate(tracker, cfg, method, plan, step)
+                eval_step = step
             if (
-                cfg.train.checkpoint_every
-                and step % cfg.train.checkpoint_every == 0
-                and step < total_steps
-            ):
+                (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0)
+                or _eval_point(cfg, step)  # the scored weights must exist to be registered
+            ) and step < total_steps:
                 report(final=False)
             if step >= total_steps:
                 break
@@ -314,6 +336,71 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             steps_run / max(elapsed, 1e-9),
         )
     report(final=True)
+
+
+def _scored(cfg: TrainJobConfig) -> bool:
+    return bool(cfg.train.evaluate)
+
+
+def _eval_point(cfg: TrainJobConfig, step: int) -> bool:
+    """Every rank knows where rank 0 evaluates: those steps are checkpoint steps too."""
+    return bool(cfg.train.evaluate and cfg.train.eval_every and step % cfg.train.eval_every == 0)
+
+
+def _restore(
+    latest: Any, method: Any, optimizers: dict[str, Any], schedulers: dict[str, Any], rank: int
+) -> dict[str, Any]:
+    """Load the newest intact checkpoint: `latest` unless its files differ from its
+    manifest (truncated, zero-length, half-uploaded), then the older ones beside it, with
+    a warning. Raises `CheckpointCorruptError` when none is intact, or when an intact one
+    cannot be loaded (e.g. the networks' shapes changed): no retry can fix either."""
+    seen: list[str] = []
+    for cand in ckpt.checkpoint_candidates(latest):
+        with cand.as_directory() as d:
+            problems = ckpt.verify_checkpoint(d)
+            if problems:
+                seen.append(f"{cand.path}: {'; '.join(problems[:3])}")
+                if rank == 0:
+                    log.warning("checkpoint not intact, ignored: %s", seen[-1])
+                continue
+            if cand is not latest and rank == 0:
+                log.warning("resuming from %s, the newest intact checkpoint", cand.path)
+            try:
+                state = ckpt.load_training_state(
+                    d,
+                    networks=unwrapped_networks(method),
+                    optimizers=optimizers,
+                    schedulers=schedulers,
+                    rank=rank,
+                )
+                method.load_state_dict(state["method"])
+            except Exception as e:
+                raise ckpt.CheckpointCorruptError(
+                    f"checkpoint {cand.path} matches its manifest but cannot be loaded "
+                    f"into this job: {type(e).__name__}: {e}"
+                ) from e
+            return state
+    raise ckpt.CheckpointCorruptError(
+        "no intact checkpoint to resume from: " + " | ".join(seen or [latest.path])
+    )
+
+
+def _check_disk_space(
+    cfg: TrainJobConfig, method: Any, optimizers: dict[str, Any], scored: bool
+) -> None:
+    """On local storage, refuse to start unless the disk holds the checkpoints Ray keeps
+    (num_to_keep, + the latest beside the best ones when scored) and one being written."""
+    import ray.train
+    from pyarrow import fs as pafs
+
+    storage = ray.train.get_context().get_storage()
+    if not isinstance(storage.storage_filesystem, pafs.LocalFileSystem):
+        return
+    per = ckpt.estimate_checkpoint_bytes(
+        unwrapped_networks(method), ckpt.unwrap(method.generator()), optimizers
+    )
+    n = cfg.storage.num_to_keep + 1 + int(scored)
+    ckpt.check_disk_space(storage.experiment_fs_path, per, n)
 
 
 def resume_position(epoch: int, step_in_epoch: int, steps_per_epoch: int) -> tuple[int, int, bool]:
@@ -461,9 +548,11 @@ def _finish(
     metrics: dict[str, float],
     fixed: Any,
     plan: Any,
+    evaluate: Callable[..., dict[str, float]] = _evaluate,
 ) -> dict[str, Any]:
     """Rank 0 at the end: final samples, evaluation, checkpoint artifact, model card,
-    registration. Returns what goes into the final report (run id, model URI, grid path)."""
+    registration of the best-scored checkpoint's generator (the final one when nothing was
+    scored). Returns what goes into the final report (run id, model URI, grid path, score)."""
     from mdir.training import registry
 
     meta = ckpt.read_meta(ckpt_dir)
@@ -474,10 +563,13 @@ def _finish(
     grid = _log_samples(tracker, method, fixed, step, out_dir=grid_dir)
     if grid:
         out["sample_grid"] = grid
-    final_metrics = dict(metrics)
-    if cfg.train.evaluate:
-        final_metrics.update(_evaluate(tracker, cfg, method, plan, step))
+    final_eval = evaluate(tracker, cfg, method, plan, step) if cfg.train.evaluate else {}
+    final_metrics = {**metrics, **final_eval}
     out.update(final_metrics)
+    final_score = selection.score(
+        final_eval, cfg.storage.checkpoint_metric, cfg.storage.checkpoint_mode
+    )
+    out[ckpt.SCORE_KEY] = final_score
     if tracker is None or not tracker.enabled:
         return out
     for f in (ckpt.GENERATOR_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE, ckpt.META_FILE):
@@ -486,13 +578,22 @@ def _finish(
             tracker.log_artifact(p, "checkpoint")
     if os.path.exists(os.path.join(ckpt_dir, ckpt.NETWORKS_FILE)):
         tracker.log_artifact(os.path.join(ckpt_dir, ckpt.NETWORKS_FILE), "checkpoint")
-    tracker.log_text(registry.model_card(cfg, final_metrics, step), "model_card.md")
+    work = tempfile.mkdtemp(prefix="mdir-registered-")
+    gen_path, reg_step, reg_metrics = _registered_generator(
+        ckpt_dir, step, final_score, final_metrics, work
+    )
+    out["registered_step"] = reg_step
+    tracker.set_tags({"mdir.registered_step": str(reg_step), "mdir.final_step": str(step)})
+    tracker.log_text(registry.model_card(cfg, reg_metrics, reg_step), "model_card.md")
     model_uri = None
     if cfg.mlflow.register:
-        gen_path = os.path.join(ckpt_dir, ckpt.GENERATOR_FILE)
+        version_tags = {"mdir.checkpoint_step": str(reg_step)}
+        key = selection.selection_key(reg_metrics, cfg.storage.checkpoint_metric)
+        if key:
+            version_tags["mdir.selection_metric"] = key.removeprefix("eval/")
         model_uri = tracker.call_now(
             lambda c, rid: registry.register_generator(
-                cfg, gen_path, run_id=rid, metrics=final_metrics, client=c
+                cfg, gen_path, run_id=rid, metrics=reg_metrics, client=c, tags=version_tags
             ),
             timeout=max(60.0, 6 * cfg.mlflow.timeout_s),
         )
@@ -501,3 +602,48 @@ def _finish(
     if model_uri:
         out["model_uri"] = model_uri
     return out
+
+
+def _registered_generator(
+    ckpt_dir: str, step: int, final_score: float, final_metrics: dict[str, Any], work: str
+) -> tuple[str, int, dict[str, Any]]:
+    """(generator file, step, its eval metrics) of the best-scored point among the
+    checkpoints Ray Train kept (it keeps the best by `SCORE_KEY`) and the final state.
+    The chosen file is checked against its checkpoint's manifest before it is registered."""
+    import ray.train
+
+    candidates: list[tuple[int, float, Any]] = [(step, final_score, None)]
+    try:
+        reported = ray.train.get_all_reported_checkpoints(
+            consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=120
+        )
+    except Exception as e:  # noqa: BLE001 - then the final weights, said loudly
+        log.warning("cannot list the kept checkpoints (%s); registering the final weights", e)
+        reported = []
+    for rc in reported:
+        m = rc.metrics or {}
+        s, st = m.get(ckpt.SCORE_KEY), m.get("step")
+        if isinstance(s, int | float) and isinstance(st, int | float):
+            candidates.append((int(st), float(s), rc))
+    best = selection.best_point(candidates)
+    final_gen = os.path.join(ckpt_dir, ckpt.GENERATOR_FILE)
+    if best is None or best[2] is None:
+        return final_gen, step, final_metrics
+    rc = best[2]
+    try:
+        path = ckpt.fetch_verified_file(rc.checkpoint, ckpt.GENERATOR_FILE, work)
+    except Exception as e:  # noqa: BLE001
+        log.warning(
+            "best checkpoint (step %d) %s unusable (%s); registering the final weights",
+            best[0],
+            rc.checkpoint.path,
+            e,
+        )
+        return final_gen, step, final_metrics
+    log.info(
+        "registering the best-scored checkpoint: step %d (final step %d) from %s",
+        best[0],
+        step,
+        rc.checkpoint.path,
+    )
+    return str(path), best[0], {k: v for k, v in rc.metrics.items() if k.startswith("eval/")}

@@ -111,8 +111,10 @@ def register_generator(
     alias: str | None = None,
     model_name: str | None = None,
     client: Any = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
-    """Log the generator as a pyfunc in run `run_id`, register it and set the alias.
+    """Log the generator as a pyfunc in run `run_id`, register it and set the alias; `tags`
+    go on the model version (e.g. ``mdir.checkpoint_step``, the step it was saved at).
     Returns ``models:/<name>@<alias>``."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -142,6 +144,8 @@ def register_generator(
         set_version_tag(client, name, version, f"metric.{k}", f"{v:.6g}")
     set_version_tag(client, name, version, "mdir.method", cfg.method.name)
     set_version_tag(client, name, version, "mdir.run_id", run_id)
+    for k, v in (tags or {}).items():
+        set_version_tag(client, name, version, k, v)
     return f"models:/{name}@{alias}"
 
 

@@ -221,6 +221,45 @@ def storage_run_uri(cfg: TrainJobConfig) -> str:
     return cfg.storage.path.rstrip("/") + "/" + str(cfg.storage.name)
 
 
+class DeterministicTrainingError(RuntimeError):
+    """The workers stopped on an error that every retry would hit again (no intact
+    checkpoint, too little disk): the run fails once, with the workers' message."""
+
+
+def _fatal_report_callback():
+    """A Train V2 `UserCallback` (built lazily: importing Ray's callback API costs seconds)
+    that fails the run when rank 0 reports ``fatal_error``. The loop reports instead of
+    raising because Ray retries every worker exception as a node failure; an exception
+    raised here, in the controller, is not retried."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class StopOnFatalReport(UserCallback):
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            msg = (metrics[0] if metrics else {}).get("fatal_error")
+            if msg:
+                raise DeterministicTrainingError(msg)
+
+    return StopOnFatalReport()
+
+
+def checkpoint_config(cfg: TrainJobConfig):
+    """Ray keeps the `num_to_keep` best-scored checkpoints (and always the latest, for
+    resume) when runs are evaluated, so the checkpoint that earned the run's score is
+    still there to be registered; the newest ones otherwise. The score is the loop's
+    ``selection/score`` (higher = better; see `mdir.training.selection`)."""
+    from ray.train import CheckpointConfig
+
+    from mdir.training.checkpoint import SCORE_KEY
+
+    if not cfg.train.evaluate:
+        return CheckpointConfig(num_to_keep=cfg.storage.num_to_keep)
+    return CheckpointConfig(
+        num_to_keep=cfg.storage.num_to_keep,
+        checkpoint_score_attribute=SCORE_KEY,
+        checkpoint_score_order="max",
+    )
+
+
 def build_trainer(
     cfg: TrainJobConfig,
     *,
@@ -228,12 +267,14 @@ def build_trainer(
     run_config_kwargs: dict[str, Any] | None = None,
     plan: Any = None,
     method_factory: Any = None,
+    evaluator: Any = None,
 ):
     """A `TorchTrainer` running `mdir.training.loop.train_loop_per_worker` for `cfg`.
 
     `plan` (a `DataPlan`) defaults to the shards of ``cfg.data``; `method_factory`
-    defaults to ``mdir.methods.METHODS[cfg.method.name]`` (tests pass fakes)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    defaults to ``mdir.methods.METHODS[cfg.method.name]``; `evaluator` replaces the loop's
+    evaluation (tests pass fakes)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from mdir.training.data_plan import MemoryDataPlan, ShardDataPlan
@@ -255,8 +296,8 @@ def build_trainer(
         storage_path=storage_path,
         storage_filesystem=storage_fs,
         failure_config=FailureConfig(max_failures=cfg.storage.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.num_to_keep),
-        callbacks=list(extra_callbacks) or None,
+        checkpoint_config=checkpoint_config(cfg),
+        callbacks=[_fatal_report_callback(), *extra_callbacks],
         worker_runtime_env=worker_runtime_env(),
     )
     rc_kwargs.update(run_config_kwargs or {})
@@ -267,6 +308,8 @@ def build_trainer(
     }
     if method_factory is not None:
         loop_config["method_factory"] = method_factory
+    if evaluator is not None:
+        loop_config["evaluator"] = evaluator
     s = cfg.scaling
     return TorchTrainer(
         train_loop_per_worker,
@@ -293,7 +336,7 @@ def result_from(name: str, result: Any) -> TrainResult:
         mlflow_run_id=metrics.get("mlflow_run_id"),
         model_uri=metrics.get("model_uri"),
         sample_grid=metrics.get("sample_grid"),
-        error=None if err is None else f"{type(err).__name__}: {err}",
+        error=f"{type(err).__name__}: {err}" if err is not None else metrics.get("fatal_error"),
     )
 
 
@@ -303,6 +346,7 @@ def train(
     address: str | None = None,
     plan: Any = None,
     method_factory: Any = None,
+    evaluator: Any = None,
     validate: bool = True,
     run_config_kwargs: dict[str, Any] | None = None,
 ) -> TrainResult:
@@ -316,8 +360,16 @@ def train(
     if validate:
         check_resources(cfg, check_data=plan is None)
     trainer = build_trainer(
-        cfg, plan=plan, method_factory=method_factory, run_config_kwargs=run_config_kwargs
+        cfg,
+        plan=plan,
+        method_factory=method_factory,
+        evaluator=evaluator,
+        run_config_kwargs=run_config_kwargs,
     )
     log.info("training %s → %s", cfg.method.name, storage_run_uri(cfg))
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as e:  # noqa: BLE001 - Train V2 raises what failed every attempt
+        log.error("training %s failed: %s: %s", cfg.storage.name, type(e).__name__, e)
+        return TrainResult(name=str(cfg.storage.name), error=f"{type(e).__name__}: {e}")
     return result_from(str(cfg.storage.name), result)

@@ -33,6 +33,7 @@ class Row:
     model_uri: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    best_step: int | None = None  # training step of the best evaluation point
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

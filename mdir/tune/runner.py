@@ -77,6 +77,7 @@ class SweepResult:
                     "status": r.status,
                     "eval_points": r.eval_points,
                     "steps": r.steps,
+                    "best_step": r.best_step,
                     "run_id": r.run_id,
                     "model_uri": r.model_uri,
                 }
@@ -408,6 +409,9 @@ def collect_rows(
                 error=(str(res.error).strip().splitlines() or [""])[-1][:300]
                 if res.error is not None
                 else None,
+                best_step=int(best["step"])
+                if best is not None and _finite(best.get("step"))
+                else None,
             )
         )
     return rows
@@ -506,6 +510,7 @@ def _finish_parent(
             champion = set_champion(client, crowned.model_uri, sweep=result.name)
             client.set_tag(rid, "mdir.tune.champion_uri", champion)
             client.set_tag(rid, "mdir.tune.champion_trial", crowned.label)
+            _check_champion_step(client, crowned, rid)
             if crowned is not best:
                 log.warning(
                     "best-ranked trial %s has no registered generator (status %s); "
@@ -516,6 +521,26 @@ def _finish_parent(
                 )
     client.set_terminated(rid, "FINISHED" if best is not None else "FAILED")
     return champion
+
+
+def _check_champion_step(client: Any, row: Row, parent_run_id: str) -> None:
+    """Record which step the champion's weights come from, and say so loudly when it is not
+    the evaluation point that ranked the trial (e.g. a model registered by an older mdir,
+    or the best checkpoint was lost before registration)."""
+    name, version = str(row.model_uri).removeprefix("models:/").rsplit("/", 1)
+    try:
+        step = client.get_model_version(name, version).tags.get("mdir.checkpoint_step")
+    except Exception:  # noqa: BLE001 - informative only
+        return
+    client.set_tag(parent_run_id, "mdir.tune.champion_step", str(step))
+    if row.best_step is not None and step != str(row.best_step):
+        log.warning(
+            "champion %s holds the weights of step %s, but trial %s scored best at step %s",
+            row.model_uri,
+            step,
+            row.label,
+            row.best_step,
+        )
 
 
 def set_champion(client: Any, model_uri: str, sweep: str = "") -> str:

@@ -9,7 +9,9 @@ the real training job — in seconds instead of minutes. Keys it reads (all opti
 ``toy.lr`` SGD step, ``toy.target`` optimum, ``toy.evals`` evaluation points,
 ``toy.steps_per_eval`` steps between them, ``toy.fail`` raise at that evaluation point
 (-1: in the trial itself, before the TorchTrainer starts), ``toy.fail_mode`` "always" on
-every attempt or "once" only on the first, ``toy.sleep`` seconds per evaluation point.
+every attempt or "once" only on the first, ``toy.sleep`` seconds per evaluation point,
+``toy.keep`` checkpoints kept (0 = all). As in real training, Ray keeps the best-scored
+checkpoints and the one registered is the best evaluation point's (`best_reported`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from typing import Any
 
 import torch
 
+from mdir.training.checkpoint import SCORE_KEY
+from mdir.training.selection import best_point, score
+
 TOY_KEYS = {
     "lr": 0.1,
     "target": 1.0,
@@ -32,6 +37,7 @@ TOY_KEYS = {
     "fail": None,
     "fail_mode": "always",
     "sleep": 0.0,
+    "keep": 0,
 }
 
 
@@ -89,6 +95,10 @@ def toy_train_loop(config: dict[str, Any]) -> None:
             "step": step,
             "eval_point": ev + 1,
         }
+        sel = config.get("select") or {"metric": "fid", "mode": "min"}
+        metrics[SCORE_KEY] = score(
+            {f"eval/{k}": v for k, v in metrics.items()}, sel["metric"], sel["mode"]
+        )
         if rank == 0:
             _log_toy_mlflow(config.get("mlflow"), metrics, step)
             with tempfile.TemporaryDirectory() as d:
@@ -111,8 +121,26 @@ def _log_toy_mlflow(info: dict[str, Any] | None, metrics: dict[str, float], step
         client.log_metric(info["run_id"], k, float(v), step=step)
 
 
-def register_toy_generator(client: Any, run_id: str, model_name: str, w: list[float]) -> str:
-    """Log the toy 'generator' (a safetensors file) and register it; returns the version."""
+def best_reported(best_checkpoints: list[tuple[Any, dict[str, Any]]]) -> tuple[list[float], int]:
+    """(w, step) of the best-scored checkpoint Ray kept (``Result.best_checkpoints``)."""
+    pts = [
+        (int(m["step"]), float(m[SCORE_KEY]), ck)
+        for ck, m in best_checkpoints
+        if SCORE_KEY in m and "step" in m
+    ]
+    best = best_point(pts)
+    if best is None:
+        raise RuntimeError("toy trial: no scored checkpoint to register")
+    with best[2].as_directory() as d:
+        w = torch.load(Path(d) / "state.pt", weights_only=True)["w"]
+    return [float(x) for x in w], best[0]
+
+
+def register_toy_generator(
+    client: Any, run_id: str, model_name: str, w: list[float], step: int | None = None
+) -> str:
+    """Log the toy 'generator' (a safetensors file) and register it (tagged with the step
+    its weights come from); returns the version."""
     from mlflow.exceptions import MlflowException
     from safetensors.torch import save_file
 
@@ -124,4 +152,9 @@ def register_toy_generator(client: Any, run_id: str, model_name: str, w: list[fl
         client.create_registered_model(model_name)
     mv = client.create_model_version(model_name, source=f"runs:/{run_id}/generator", run_id=run_id)
     client.set_registered_model_alias(model_name, "candidate", mv.version)
+    if step is not None:
+        from mdir.training.registry import set_version_tag
+
+        set_version_tag(client, model_name, mv.version, "mdir.checkpoint_step", str(step))
+        client.set_tag(run_id, "mdir.registered_step", str(step))
     return str(mv.version)

@@ -19,7 +19,6 @@ config mapping, the MLflow parent run id and tracking URI, and the storage locat
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -142,8 +141,9 @@ def _run_toy(space: Any, trial: Any, sweep: dict[str, Any], trial_id: str) -> No
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from mdir.training.checkpoint import SCORE_KEY
     from mdir.tune.space import trial_config
-    from mdir.tune.toy import register_toy_generator, toy_settings, toy_train_loop
+    from mdir.tune.toy import best_reported, register_toy_generator, toy_settings, toy_train_loop
 
     settings = toy_settings(trial_config(space, {}, trial))
     marker = Path(sweep["marker_root"]) / trial_id
@@ -159,6 +159,7 @@ def _run_toy(space: Any, trial: Any, sweep: dict[str, Any], trial_id: str) -> No
         train_loop_config={
             "toy": settings,
             "marker_dir": str(marker),
+            "select": {"metric": space.metric.name, "mode": space.metric.mode},
             "mlflow": {"tracking_uri": sweep["tracking_uri"], "run_id": run_id} if run_id else None,
         },
         scaling_config=ray.train.ScalingConfig(
@@ -170,17 +171,22 @@ def _run_toy(space: Any, trial: Any, sweep: dict[str, Any], trial_id: str) -> No
             name=f"trial-{trial_id}",
             storage_path=sweep["train_storage"],
             callbacks=[ReportMetricToTune(space.metric.name)],
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=int(settings["keep"]) or None,
+                checkpoint_score_attribute=SCORE_KEY,
+                checkpoint_score_order="max",
+            ),
             worker_runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": sweep["tracking_uri"] or ""}},
         ),
     )
-    trainer.fit()
+    result = trainer.fit()
     if run_id:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(sweep["tracking_uri"])
-        finished = sorted(marker.glob("finished_*"))
-        w = json.loads(finished[-1].read_text())["w"] if finished else [0.0] * 4
-        register_toy_generator(client, run_id, sweep["model_name"], w)
+        # the best evaluation point's weights, as real training registers (issue 14)
+        w, step = best_reported(result.best_checkpoints or [])
+        register_toy_generator(client, run_id, sweep["model_name"], w, step=step)
         client.set_terminated(run_id, "FINISHED")
 
 
@@ -206,6 +212,9 @@ def _run_train(space: Any, trial: Any, sweep: dict[str, Any], trial_id: str) -> 
         "storage.name": f"trial-{trial_id}",
         "mlflow.run_name": f"{sweep['name']}-{trial.index:03d}",
         "mlflow.experiment": space.experiment,
+        # checkpoints are kept and registered by the metric the sweep ranks trials by
+        "storage.checkpoint_metric": space.metric.name,
+        "storage.checkpoint_mode": space.metric.mode,
     }
     if sweep.get("parent_run_id"):
         extra["mlflow.parent_run_id"] = sweep["parent_run_id"]
