@@ -73,11 +73,13 @@ def test_filter_consistency_moves(demo_run):
 
 def test_nce_moves_and_is_not_trivial(demo_run):
     nce = _series(demo_run, "nce")
+    late = nce[4:]  # past the first updates (the untrained G's constant output)
     n_neg = demo_run["cfg"].n_neg
-    # before: ~5e-4 (stale negatives) or log(1 + N_neg) at every step (collapsed z)
-    assert nce[1:].min() > 1e-2, nce
-    assert np.abs(nce - np.log(1 + n_neg)).max() > 0.1, nce
-    assert nce.max() - nce.min() > 0.1, nce
+    # before: ~0.02 by step 10 and ~5e-4 later (stale bank negatives, easy to escape) …
+    assert late.mean() > 0.1, nce
+    # … or, with fresh negatives but collapsed z, log(1 + N_neg) at every step
+    assert np.abs(late - np.log(1 + n_neg)).max() > 0.1, nce
+    assert late.max() - late.min() > 0.1, nce
 
 
 def test_content_triplet_is_active(demo_run):
@@ -98,6 +100,25 @@ def test_filters_and_embeddings_depend_on_the_image(demo_run):
     off = ~torch.eye(len(rows), dtype=torch.bool)
     assert (1 - w @ w.t())[off].max() > 1e-2  # before: ~1e-6
     assert (1 - z @ z.t())[off].max() > 1e-2  # before: ~2e-3 (all z·z ≈ 0.998)
+
+
+def test_eval_mode_filters_match_training_mode(demo_run):
+    """Sample grids, evaluation and translation run E_a in eval mode (BatchNorm running
+    statistics): after a few steps its filters must already match the training-mode ones,
+    not be ~0 because the running variance still starts from 1."""
+    m, store = demo_run["method"], demo_run["store"]
+    e_a = m.networks["E_a"]
+    x = store.load(store.ids()[:8].tolist())
+    with torch.no_grad():
+        w_train = e_a(x)
+        e_a.eval()
+        try:
+            w_eval = e_a(x)
+        finally:
+            e_a.train()
+    ratio = (w_eval.flatten(1).norm(dim=1) / w_train.flatten(1).norm(dim=1)).numpy()
+    assert ((ratio > 0.5) & (ratio < 2.0)).all(), ratio
+    assert F.cosine_similarity(w_eval.flatten(1), w_train.flatten(1)).min() > 0.8
 
 
 def test_nce_negatives_are_embedded_by_the_current_networks(demo_run):
