@@ -119,9 +119,22 @@ class MDUITConfig(_OptimFields):
     proj_hidden: int = Field(256, ge=1, description="Hidden width of H's 2-layer MLP.")
     proj_dim: int = Field(128, ge=1, description="K, the embedding size z = H(f).")
     gem_p: float = Field(3.0, gt=0, description="Initial GeM exponent of H (trainable).")
+    head_norm: Literal["batch", "none"] = Field(
+        "batch",
+        description="Norm between the hidden layers of E_a's head and of H (paper: unspecified). "
+        "'batch' keeps W_t and z image-dependent under the N(0, 0.001) init; 'none' rebuilds "
+        "networks registered before it existed (see mdir.models.mduit).",
+    )
     margin_content: float = Field(0.1, ge=0, description="m_c of the content triplet loss.")
     tau: float = Field(0.07, gt=0, description="NCE temperature τ.")
     n_neg: int = Field(16, ge=1, description="N_neg negatives per query for L_NCE.")
+    neg_pool_factor: int = Field(
+        4,
+        ge=0,
+        description="I_s⁻ and the N_neg NCE negatives are drawn from the neg_pool_factor·N_neg "
+        "content negatives most similar to I_s at epoch start (paper §3.1: 'among the most "
+        "similar images'; the pool size is our choice); 0 = from all content negatives.",
+    )
     beta_adv_i: float = Field(1.0, ge=0, description="Weight of L_adv^i (paper: 1).")
     beta_adv_a: float = Field(1.0, ge=0, description="Weight of L_adv^a (paper: 1).")
     beta_rs: float = Field(100.0, ge=0, description="β_rs, self-reconstruction.")

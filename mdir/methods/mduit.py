@@ -11,14 +11,19 @@ Generator objective (eq. 6):  β_adv_i·L_adv^i + β_adv_a·L_adv^a + β_rs·L_r
 optionally normalised by their sum). D_i sees I_s, I_t as real and I_s→t as fake; D_a sees
 (I_t, I_t⁺) as real and (I_t, I_s→t) as fake.
 
-NCE negatives (N_neg = 16, τ = 0.07) — our DDP decision: negatives are *per rank* and come
-from the epoch's embedding bank (z of every store image, computed at epoch start, detached):
-for each source, N_neg content negatives (by pose / place) picked in the pairing table. This
-needs no all-gather during the step, does not depend on the batch size (the paper trains
-with batch 1, so in-batch negatives would not exist) and gives every rank the same
-negatives for the same source. The bank is refreshed every epoch, like the pairing. Without
-a store (explicit batches) the negatives are z(I_s⁻) plus a per-rank FIFO queue of the last
-N_neg − 1 detached source embeddings.
+NCE negatives (N_neg = 16, τ = 0.07) — our DDP decision: negatives are *per rank*: for each
+source, the pairing table names N_neg content negatives (by pose / place, drawn among the
+most similar ones, see `mdir.methods.pairing`), and the step loads those images and embeds
+them with the *current* E_c and H, gradients included (SimCLR, which the paper follows).
+This needs no all-gather, does not depend on the batch size (the paper trains with batch 1,
+so in-batch negatives would not exist) and gives every rank the same negatives for the same
+source. An earlier version took the negatives' z from the epoch-start embedding bank
+(detached): H then only had to move every current z away from those stale points —
+measured on the demo, L_NCE fell to ~5e-4 while all current z were identical (z·z = 0.998)
+and no image was told apart. The bank (z of every store image at epoch start, eval mode)
+is still kept: it decides the pairing and the hard negatives. Without a store (explicit
+batches) the negatives are z(I_s⁻) plus a per-rank FIFO queue of the last N_neg − 1
+detached source embeddings.
 
 Pairing is computed on rank 0 and broadcast through ``context.all_reduce_mean`` (rank 0
 contributes world_size·table, the others zeros), so every rank uses the identical table
@@ -71,14 +76,16 @@ def build_mduit_networks(
         vgg, label = _random_vgg(), "random"
     e_c = ContentEncoder(cfg.ngf, cfg.n_downsample, cfg.n_res_enc)
     c = e_c.out_channels
-    e_a = AppearanceEncoder(vgg.features, c, cfg.ea_hidden, cfg.filter_size, weights_label=label)
+    e_a = AppearanceEncoder(
+        vgg.features, c, cfg.ea_hidden, cfg.filter_size, weights_label=label, norm=cfg.head_norm
+    )
     nets: dict[str, nn.Module] = {
         "E_c": e_c,
         "E_a": e_a,
         "G": Decoder(c, cfg.n_downsample, cfg.n_res_dec),
         "D_i": PatchDiscriminator(3, cfg.ndf, cfg.n_layers_d, "instance"),
         "D_a": PatchDiscriminator(6, cfg.ndf, cfg.n_layers_d, "instance"),
-        "H": ProjectionHead(c, cfg.proj_hidden, cfg.proj_dim, cfg.gem_p),
+        "H": ProjectionHead(c, cfg.proj_hidden, cfg.proj_dim, cfg.gem_p, cfg.head_norm),
     }
     for name, net in nets.items():
         init_weights(net, cfg.init_std, skip=(e_a.vgg,) if name == "E_a" else ())
@@ -129,10 +136,11 @@ class MDUIT(GANMethod):
         self.queue: list[Tensor] = []  # fallback NCE negatives (explicit batches)
 
     # -- per epoch: embed the store and pair --------------------------------------------------
-    @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
-        """z = H(E_c(I)), L2-normalised [B, K] (no gradient)."""
-        return raw(self.networks["H"])(raw(self.networks["E_c"])(images.to(self.device)))
+        """z = H(E_c(I)), L2-normalised [B, K] (no gradient, eval mode: H's BatchNorm uses
+        its running statistics, so any chunk size works and no statistic is updated)."""
+        e_c, h = raw(self.networks["E_c"]), raw(self.networks["H"])
+        return self._eval_call(lambda x: h(e_c(x.to(self.device))), images)
 
     def on_epoch_start(self, epoch: int, context: EpochContext) -> None:
         """Re-pair sources and targets by embedding similarity (paper §3, "updated every
@@ -165,6 +173,7 @@ class MDUIT(GANMethod):
                 self.cfg.trans_thresh_m,
                 self.cfg.seed,
                 epoch,
+                neg_pool=self.cfg.neg_pool_factor * self.cfg.n_neg,
             )
         else:
             z = torch.zeros(n, k)
@@ -180,8 +189,9 @@ class MDUIT(GANMethod):
 
     # -- per step ---------------------------------------------------------------------------
     def _complete(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Fill T, T_pos, S_neg, T_neg from the store (if not given) and return the NCE
-        negatives from the bank ([B, N_neg, K]) or None (explicit mode)."""
+        """Fill T, T_pos, S_neg, T_neg from the store (if not given) and return the images
+        of the NCE negatives picked in the pairing table ([B·N_neg, 3, H, W], source-major)
+        or None (explicit mode)."""
         out = {k: v for k, v in batch.items() if isinstance(v, Tensor)}
         need = [k for k in ("T", "T_pos", "S_neg", "T_neg") if k not in out]
         if not need and ("A_id" not in out or self.table is None):
@@ -200,20 +210,22 @@ class MDUIT(GANMethod):
         assert self.store_ids is not None
         for key in need:
             out[key] = self.store.load(self.store_ids[tab[:, cols[key]]].tolist())
-        assert self.bank is not None
-        negs = self.bank[torch.from_numpy(tab[:, COL_NEGS:]).to(self.bank.device)]
+        negs = self.store.load(self.store_ids[tab[:, COL_NEGS:].reshape(-1)].tolist())
         return out, negs
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        full, bank_negs = self._complete(batch)
+        full, neg_images = self._complete(batch)
         i_s, i_t, i_tp, i_sn, i_tn = self._to_device(full, ("A", "T", "T_pos", "S_neg", "T_neg"))
         n = self.networks
         kind = self.cfg.gan_loss
         b = i_s.shape[0]
+        # I_i⁻ of L_NCE, embedded below by the *current* E_c and H (SimCLR: gradients flow
+        # through the negatives too); none in explicit mode
+        i_neg = neg_images.to(self.device) if neg_images is not None else i_s[:0]
 
         # forward (E_c / E_a / G are batched over their several inputs: all are per-sample ops)
-        f_all = n["E_c"](torch.cat([i_s, i_sn], 0))
-        f_s, f_sn = f_all[:b], f_all[b:]
+        f_all = n["E_c"](torch.cat([i_s, i_sn, i_neg], 0))
+        f_s, f_sn, f_neg = f_all[:b], f_all[b : 2 * b], f_all[2 * b :]
         w_all = n["E_a"](torch.cat([i_s, i_t, i_tn], 0))
         w_s, w_t, w_tn = w_all[:b], w_all[b : 2 * b], w_all[2 * b :]
         out = n["G"](torch.cat([appearance_conv(f_s, w_t), appearance_conv(f_s, w_s)], 0))
@@ -221,10 +233,10 @@ class MDUIT(GANMethod):
         f_st = n["E_c"](fake)  # f_s→t
         rec_cyc = n["G"](appearance_conv(f_st, w_s))
         w_st = n["E_a"](fake)  # W_s→t
-        z = n["H"](torch.cat([f_s, f_st, f_sn], 0))
-        z_s, z_st, z_sn = z[:b], z[b : 2 * b], z[2 * b :]
-        if bank_negs is not None:
-            negs = bank_negs.to(z_s.dtype)
+        z = n["H"](torch.cat([f_s, f_st, f_sn, f_neg], 0))
+        z_s, z_st, z_sn, z_neg = z[:b], z[b : 2 * b], z[2 * b : 3 * b], z[3 * b :]
+        if neg_images is not None:
+            negs = z_neg.reshape(b, -1, z.shape[1])  # [B, N_neg, K]
         else:
             queue = [q.to(z_s.device) for q in self.queue]
             negs = torch.stack([torch.cat([z_sn[i : i + 1], *queue], 0) for i in range(b)], 0)
@@ -251,7 +263,7 @@ class MDUIT(GANMethod):
         )
         self._update("D", loss_di + loss_da)
 
-        if bank_negs is None:  # explicit mode: remember recent sources as future negatives
+        if neg_images is None:  # explicit mode: remember recent sources as future negatives
             self.queue = ([z_s[i].detach().unsqueeze(0) for i in range(b)] + self.queue)[
                 : self.cfg.n_neg - 1
             ]

@@ -12,8 +12,12 @@ and, where known, poses (else place ids), `compute_pairing` returns an int64 tab
 
 Content positives: both poses known → rotation difference < `rot_deg` and translation
 < `trans_m` (MDUIT: 8°, 7 m); otherwise the same place id. Negatives are the others
-(never the image itself). Random picks come from a NumPy generator seeded by
-(seed, epoch), so the table is a deterministic function of (z, metadata, seed, epoch).
+(never the image itself). With ``neg_pool`` > 0, I_s⁻ and the N_neg negatives are drawn
+only from the ``neg_pool`` content negatives most similar to I_s (z·z): the paper builds
+its samples "among the most similar images" (§3.1), and uniformly drawn negatives of
+other places are so easy that L_con^c and L_NCE are ~0 from the first epochs on.
+Random picks come from a NumPy generator seeded by (seed, epoch), so the table is a
+deterministic function of (z, metadata, seed, epoch).
 """
 
 from __future__ import annotations
@@ -77,6 +81,18 @@ def _random_pick(
     return order
 
 
+def _most_similar(mask: np.ndarray, sim: np.ndarray, k: int) -> np.ndarray:
+    """`mask` reduced to its `k` True entries of highest `sim` per row (all of them when a
+    row has fewer); ties are broken by column order."""
+    if k >= mask.shape[1]:
+        return mask
+    masked = np.where(mask, sim, -np.inf)
+    top = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    keep = np.zeros_like(mask)
+    np.put_along_axis(keep, top, True, axis=1)
+    return keep & mask
+
+
 def compute_pairing(
     z: Tensor,
     condition: np.ndarray,
@@ -88,8 +104,10 @@ def compute_pairing(
     seed: int = 0,
     epoch: int = 0,
     chunk: int = 512,
+    neg_pool: int = 0,
 ) -> np.ndarray:
-    """The pairing table (see module doc) for N images with embeddings `z` [N, K]."""
+    """The pairing table (see module doc) for N images with embeddings `z` [N, K];
+    `neg_pool` > 0 restricts the content negatives to that many most similar ones."""
     n = z.shape[0]
     rng = np.random.default_rng([seed, epoch])
     condition = np.asarray(condition)
@@ -119,6 +137,8 @@ def compute_pairing(
         table[rows, COL_T_NEG] = _random_pick(rng, diff_t, 1, not_self)[:, 0]
         # content negatives of I_s
         neg = ~content_positive_mask(rows, place, pose, rot_deg, trans_m) & not_self
+        if neg_pool > 0:
+            neg = _most_similar(neg, sim, neg_pool)
         table[rows, COL_S_NEG] = _random_pick(rng, neg, 1, not_self)[:, 0]
         table[rows, COL_NEGS:] = _random_pick(rng, neg, n_neg, not_self)
     return table

@@ -17,10 +17,30 @@ E_c = conv7 + `n_downsample` stride-2 conv3 + `n_res` residual blocks with insta
 G = `n_res` residual blocks *without* normalisation (an instance norm would undo the
 per-channel appearance statistics that W_t injects) + `n_downsample` × (nearest ×2, conv5,
 LayerNorm, ReLU) + conv7 + tanh, as MUNIT's decoder; E_a's trainable part = conv3 s2 +
-ReLU, conv3 s2 + ReLU, adaptive average pool to k×k, conv1×1 to c channels.
+BatchNorm + ReLU, conv3 s2 + BatchNorm + ReLU, adaptive average pool to k×k, conv1×1 (no
+bias) to c channels; H's MLP = linear, BatchNorm, ReLU, linear (SimCLR's projection head).
+
+Why the BatchNorms and the bias-free last conv of E_a (``head_norm="batch"``; the paper
+names no norm there): with the paper's N(0, 0.001) init, an un-normalised stack scales its
+input by ~(0.001·√fan_in)^depth — E_a's three convs ≈ 1e-6, ≈ 1e-8 on a random VGG whose
+relu3_3 activations are ~0.006 — while Adam moves the last layer's *bias* by ~lr = 2e-4
+in the first step. From then on W_t and z are that bias plus a component common to all
+images (ReLU features are all positive): measured on the demo, 1 − cos(W_a, W_b) ≈ 1e-6
+for any two images and every z·z ≈ 0.998, so L_con^a sits at 1 with no gradient, L_NCE at
+log(1 + N_neg), and the translation cannot depend on the target. A LayerNorm restores the
+scale but not the common component (still 1 − cos ≈ 1e-6 after 10 steps); a BatchNorm
+removes it — what is left is how an image differs from the others of its batch, i.e. its
+appearance (E_a) or content (H) — and the bias-free last conv keeps a learned constant
+filter from swamping it. Training batches hold several images even at batch size 1: E_a
+sees I_s, I_t, I_t⁻ together (and I_s→t with its positions), H sees f_s, f_s→t, f_s⁻ and
+the N_neg negatives; at inference and when pairing (eval mode) the running statistics
+apply. ``head_norm="none"`` rebuilds the earlier networks (for
+checkpoints registered before this change).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +53,7 @@ from mdir.models.resnet_gen import ResnetBlock
 #: index after VGG-16 `features` 'relu3_3' (conv3_3 is 14, its ReLU 15)
 VGG_RELU3_3 = 16
 VGG_RELU3_3_CHANNELS = 256
+HeadNorm = Literal["batch", "none"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -62,6 +83,42 @@ class ContentEncoder(nn.Module):
         return self.model(x)
 
 
+class _StatsFromFirstBatch:
+    """BatchNorm whose running statistics start from its first training batch instead of
+    (0, 1). Under the N(0, 0.001) init the hidden activations are ~1e-5, so a running
+    variance starting at 1 needs ~100 steps of momentum 0.1 to come down: until then the
+    eval-mode E_a (sample grids, evaluation, translation) outputs W ≈ 0 — measured on the
+    demo after 12 steps, day and night references gave identical translations."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
+        tracked = bn.num_batches_tracked
+        if bn.training and tracked is not None and not x.is_meta and int(tracked) == 0:
+            dims = [d for d in range(x.dim()) if d != 1]
+            with torch.no_grad():
+                bn.running_mean.copy_(x.mean(dims))  # type: ignore[union-attr]
+                bn.running_var.copy_(x.var(dims, unbiased=True))  # type: ignore[union-attr]
+        return super().forward(x)  # type: ignore[misc]
+
+
+class _BatchNorm1d(_StatsFromFirstBatch, nn.BatchNorm1d):
+    pass
+
+
+class _BatchNorm2d(_StatsFromFirstBatch, nn.BatchNorm2d):
+    pass
+
+
+def _head_norm(kind: HeadNorm, channels: int, conv: bool) -> list[nn.Module]:
+    """The hidden-layer norm of E_a's head / H (see the module doc): BatchNorm over the
+    batch (and positions, for conv maps); nothing for "none"."""
+    if kind == "none":
+        return []
+    if kind == "batch":
+        return [_BatchNorm2d(channels) if conv else _BatchNorm1d(channels)]
+    raise ValueError(f"unknown head norm {kind!r}; valid: batch, none")
+
+
 class AppearanceEncoder(nn.Module):
     """E_a: frozen VGG-16 (relu3_3) + trainable head → per-image filter W_t [B, c, k, k].
 
@@ -78,17 +135,20 @@ class AppearanceEncoder(nn.Module):
         hidden: int = 256,
         kernel_size: int = 5,
         weights_label: str = "random",
+        norm: HeadNorm = "batch",
     ):
         super().__init__()
         self.vgg = nn.Sequential(*list(vgg_features.children())[:VGG_RELU3_3])
         self.vgg.requires_grad_(False)
         self.head = nn.Sequential(
             nn.Conv2d(VGG_RELU3_3_CHANNELS, hidden, 3, 2, 1),
+            *_head_norm(norm, hidden, conv=True),
             nn.ReLU(True),
             nn.Conv2d(hidden, hidden, 3, 2, 1),
+            *_head_norm(norm, hidden, conv=True),
             nn.ReLU(True),
             nn.AdaptiveAvgPool2d(kernel_size),
-            nn.Conv2d(hidden, content_channels, 1),
+            nn.Conv2d(hidden, content_channels, 1, bias=norm == "none"),
         )
         self.kernel_size = kernel_size
         self.weights_label = weights_label
@@ -149,15 +209,24 @@ class Decoder(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """H: f [B,C,h,w] → z [B,K] = L2N(MLP(GeM(f))) (trainable GeM p, 2 linear layers)."""
+    """H: f [B,C,h,w] → z [B,K] = L2N(MLP(GeM(f))) (trainable GeM p, 2 linear layers with a
+    BatchNorm between them unless ``norm="none"``; train-mode batches need B ≥ 2)."""
 
     def __init__(
-        self, in_channels: int = 256, hidden: int = 256, out_dim: int = 128, gem_p: float = 3.0
+        self,
+        in_channels: int = 256,
+        hidden: int = 256,
+        out_dim: int = 128,
+        gem_p: float = 3.0,
+        norm: HeadNorm = "batch",
     ):
         super().__init__()
         self.pool = GeM(p=gem_p)
         self.mlp = nn.Sequential(
-            nn.Linear(in_channels, hidden), nn.ReLU(True), nn.Linear(hidden, out_dim)
+            nn.Linear(in_channels, hidden),
+            *_head_norm(norm, hidden, conv=False),
+            nn.ReLU(True),
+            nn.Linear(hidden, out_dim),
         )
 
     def forward(self, f: Tensor) -> Tensor:

@@ -22,8 +22,13 @@ def _entry(
 ) -> dict[str, Any]:
     frozen_ids = {id(p) for p in frozen.parameters()} if frozen is not None else set()
     params = sum(p.numel() for p in net.parameters() if id(p) not in frozen_ids)
-    with torch.no_grad():
-        out = net(*inputs)
+    was_training = net.training
+    net.eval()  # inference shapes; batch-1 BatchNorm (MDUIT's E_a head, H) needs eval mode
+    try:
+        with torch.no_grad():
+            out = net(*inputs)
+    finally:
+        net.train(was_training)
     entry: dict[str, Any] = {
         "params": params,
         "input_shapes": [list(x.shape) for x in inputs],
