@@ -12,7 +12,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 VENV := .venv
 RUN := $(UV) run --frozen --python $(PY)
 
-.PHONY: help install uv test test-quarantine test-fast lint demo demo-down demo-tune demo-retrieval clean
+.PHONY: help install uv test test-quarantine test-fast lint demo demo-down demo-tune demo-retrieval drills clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ demo-tune: install ## after `make demo`: the tiny Tune sweep, leaderboard and ch
 
 demo-retrieval: install ## after `make demo`: retrieval with vs without GAN augmentation
 	$(RUN) python -m mdir.demo retrieval
+
+drills: install ## fault drills on local services (minutes; not part of make test) -> docs/reliability.md
+	$(RUN) python -m mdir.dev.drills
 
 clean: ## remove build and demo outputs (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache demo_out bench_out

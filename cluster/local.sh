@@ -30,7 +30,8 @@
 #                      once up, so only start-up (agent imports vs a fixed raylet timeout) gains
 #   MDIR_LOCAL_PREWRITE_PORTS  1 (default): write the agents' port files for the raylet up front
 #                      (cluster/prewrite_ports.py; Ray's raylet waits only ~15 s for them)
-#   MDIR_LOCAL_IP      node IP (default 127.0.0.1; Ray 2.60 advertises the host address for it)
+#   MDIR_LOCAL_IP      node IP (default 127.0.0.1: nodes bind and advertise the loopback only,
+#                      through cluster/ray_start_loopback.py)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -121,11 +122,13 @@ start_node() {  # start_node NAME CPUS EXTRA_ARGS... ; each node has its own tem
     fi
     # PATH: `ray job submit -- python ...` must find the project's python (the venv of $RAY)
     if PATH="$(dirname "$RAY"):$PATH" MDIR_LC_MARK="$STATE" MDIR_LC_NODE="$STATE/$name" \
-      RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$STATE/token" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 \
+      RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$STATE/token" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 \
+      RAY_ENABLE_UV_RUN_RUNTIME_ENV="${RAY_ENABLE_UV_RUN_RUNTIME_ENV:-0}" \
       RAY_agent_register_timeout_ms="${RAY_agent_register_timeout_ms:-120000}" \
       RAY_worker_register_timeout_seconds="${RAY_worker_register_timeout_seconds:-120}" \
       RAY_DASHBOARD_STARTUP_TIMEOUT_S="${RAY_DASHBOARD_STARTUP_TIMEOUT_S:-240}" \
-      "${nice_cmd[@]}" "$RAY" start --node-ip-address="$IP" --temp-dir="$STATE/$name" \
+      "${nice_cmd[@]}" "$PY" "$HERE/ray_start_loopback.py" start --node-ip-address="$IP" \
+        --temp-dir="$STATE/$name" \
         --num-cpus="$cpus" --num-gpus=0 --resources="{\"node_$name\": 1}" \
         --object-store-memory="$OBJ_STORE" \
         --node-manager-port=0 --object-manager-port=0 --metrics-export-port="${ports[2]}" \
@@ -172,6 +175,9 @@ cmd_up() {
     echo "RAY_AUTH_MODE=token"
     echo "RAY_AUTH_TOKEN_PATH=$STATE/token"
     echo "MDIR_LOCAL_DIR=$STATE"
+    # clients keep 127.0.0.1 too (otherwise Ray rewrites it to the host address, where no
+    # node of this cluster listens)
+    echo "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
   } >"$STATE/cluster.env"
   # worker nodes start in parallel (each `ray start` takes ~20 s on a busy 2-core machine)
   local i pids=() rc=0

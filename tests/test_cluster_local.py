@@ -38,8 +38,8 @@ _RAY_VARS = (
     "RAY_AUTH_MODE",
     "RAY_AUTH_TOKEN_PATH",
     "RAY_AUTH_TOKEN",
-    # mdir.services' single-node loopback switch: with it worker nodes refuse to join, and
-    # clients pick 127.0.0.1 while the nodes advertise the host address
+    # the loopback switch: the cluster's `env` sets it for its clients (the nodes keep
+    # 127.0.0.1 through cluster/ray_start_loopback.py)
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
 )
 
@@ -116,6 +116,35 @@ def test_status_lists_three_nodes_with_own_resources(local_cluster: LocalCluster
     assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(token)
     assert env["RAY_ADDRESS"].startswith("127.0.0.1:")
     assert env["RAY_API_SERVER_ADDRESS"].startswith("http://127.0.0.1:")
+
+
+def _listening(pids: set[int]) -> list[str]:
+    """Local addresses of the TCP sockets in LISTEN state that `pids` own (from /proc)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        for fd in fd_dir.glob("*") if fd_dir.exists() else []:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    out = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A = LISTEN
+                out.append(f[1][:width])
+    return out
+
+
+def test_every_node_listens_on_loopback_only(local_cluster: LocalCluster) -> None:
+    """GCS, raylets, agents and dashboard of all three nodes bind 127.0.0.1, nothing else."""
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+    addrs = _listening(set(local_cluster.our_pids()))
+    assert len(addrs) >= 6, addrs  # at least GCS + 3 raylets + dashboard + agents
+    assert set(addrs) <= loopback, sorted(set(addrs) - loopback)
 
 
 def _http_status(url: str, token: str | None) -> int:

@@ -8,7 +8,7 @@ constant for the first ``decay_start_frac`` of the epochs, then linear decay tow
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -47,6 +47,8 @@ class _OptimFields(StrictModel):
 class Pix2PixConfig(_OptimFields):
     """pix2pix (Isola et al.): U-Net G (unet_256) + 70×70 PatchGAN D on (input, output) pairs."""
 
+    #: the data mode the method trains on (read before launch without importing torch)
+    data_mode: ClassVar[str] = "paired"
     name: Literal["pix2pix"] = Field("pix2pix", description="Method discriminator.")
     ngf: int = Field(64, ge=1, description="Generator width (filters of the first conv).")
     ndf: int = Field(64, ge=1, description="Discriminator width.")
@@ -66,6 +68,8 @@ class Pix2PixConfig(_OptimFields):
 class CycleGANConfig(_OptimFields):
     """CycleGAN (Zhu et al.): two ResNet generators, two PatchGAN discriminators."""
 
+    #: the data mode the method trains on (read before launch without importing torch)
+    data_mode: ClassVar[str] = "unpaired"
     name: Literal["cyclegan"] = Field("cyclegan", description="Method discriminator.")
     ngf: int = Field(64, ge=1, description="Generator width.")
     ndf: int = Field(64, ge=1, description="Discriminator width.")
@@ -89,6 +93,8 @@ class CycleGANConfig(_OptimFields):
 class MDUITConfig(_OptimFields):
     """MDUIT: E_c, E_a (frozen VGG-16 relu3_3), G, D_i, D_a, H; see `mdir.models.mduit`."""
 
+    #: the data mode the method trains on (read before launch without importing torch)
+    data_mode: ClassVar[str] = "single"
     name: Literal["mduit"] = Field("mduit", description="Method discriminator.")
     decay_start_frac: float = Field(
         0.7, ge=0, le=1, description="35 of 50 epochs at constant LR, then linear decay."

@@ -40,7 +40,7 @@ class CycleGAN(GANMethod):
     """CycleGAN method: networks {"G_A", "G_B", "D_A", "D_B"}, optimisers {"G", "D"}."""
 
     name = "cyclegan"
-    data_mode: ClassVar = "unpaired"
+    data_mode: ClassVar = CycleGANConfig.data_mode
     optim_groups: ClassVar = {"G": ("G_A", "G_B"), "D": ("D_A", "D_B")}
 
     def __init__(self, cfg: CycleGANConfig, device: torch.device | str | None = None):

@@ -102,7 +102,7 @@ class MDUIT(GANMethod):
     G, H; "D": D_i, D_a}. ``vgg_label`` says which VGG-16 weights E_a uses."""
 
     name = "mduit"
-    data_mode: ClassVar = "single"
+    data_mode: ClassVar = MDUITConfig.data_mode
     optim_groups: ClassVar = {"G": ("E_c", "E_a", "G", "H"), "D": ("D_i", "D_a")}
 
     def __init__(self, cfg: MDUITConfig, device: torch.device | str | None = None):

@@ -37,7 +37,7 @@ class Pix2Pix(GANMethod):
     """pix2pix method: networks {"G", "D"}, optimisers {"G", "D"}."""
 
     name = "pix2pix"
-    data_mode: ClassVar = "paired"
+    data_mode: ClassVar = Pix2PixConfig.data_mode
     optim_groups: ClassVar = {"G": ("G",), "D": ("D",)}
 
     def __init__(self, cfg: Pix2PixConfig, device: torch.device | str | None = None):

@@ -277,5 +277,13 @@ class RetrievalJobConfig(StrictModel):
 def load_retrieval_config(
     path: str | Path | None, overrides: list[str] | None = None
 ) -> RetrievalJobConfig:
-    """YAML + ``key=value`` overrides → validated config (`ConfigError` names bad fields)."""
-    return load_config(RetrievalJobConfig, path, overrides)
+    """YAML + ``key=value`` overrides → validated config (`ConfigError` names bad fields).
+    A relative local ``data.uri`` / ``data.pairs_file`` is made absolute against the current
+    directory (where the job is submitted from): Ray workers run in other directories."""
+    from mdir.data.io import absolute_local
+
+    cfg = load_config(RetrievalJobConfig, path, overrides)
+    data = {"uri": absolute_local(cfg.data.uri)}
+    if cfg.data.pairs_file:
+        data["pairs_file"] = absolute_local(cfg.data.pairs_file)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})

@@ -35,6 +35,13 @@ def register(app: typer.Typer) -> None:
                 help="Ray cluster address (default: $RAY_ADDRESS, else start a local cluster).",
             ),
         ] = None,
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                "--dry-run",
+                help="Validate config, data and storage and print the resource plan; start nothing.",
+            ),
+        ] = False,
     ) -> None:
         """Train a method with DDP on Ray Train, log to MLflow and register the generator.
 
@@ -44,4 +51,4 @@ def register(app: typer.Typer) -> None:
         `MDIR_RESULT {json}` with the MLflow run id, model URI and sample grid path."""
         from mdir.training.job import run_job
 
-        raise typer.Exit(run_job(method, config, overrides or [], address))
+        raise typer.Exit(run_job(method, config, overrides or [], address, dry=dry_run))

@@ -85,6 +85,12 @@ class TrainSection(StrictModel):
     eval_images: int = Field(
         64, ge=2, description="Validation images translated for the evaluation at each eval point."
     )
+    stall_timeout_s: float = Field(
+        600.0,
+        ge=0,
+        description="Fail with an error naming the resources when a worker waits this long for "
+        "one training batch (a starved or stuck data pipeline); 0 = wait forever.",
+    )
 
 
 class ScalingSection(StrictModel):
@@ -127,6 +133,12 @@ class StorageSection(StrictModel):
     )
     checkpoint_mode: Literal["min", "max"] = Field(
         "min", description="Whether a lower (min: FID, KID) or higher checkpoint_metric is better."
+    )
+    check_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Deadline (s) of each pre-launch reachability check of storage.path and "
+        "data.uri; an endpoint that never answers is reported after this long.",
     )
 
 
@@ -225,4 +237,8 @@ def load_job_config(
                 f"method.name: config says {m.get('name')!r} but the job/command is for {method!r}"
             )
         m["name"] = method
-    return validate(TrainJobConfig, data, source=str(path) if path else "config")
+    cfg = validate(TrainJobConfig, data, source=str(path) if path else "config")
+    # Relative local paths mean "from where I submit": Ray workers run elsewhere.
+    from mdir.training.preflight import resolve_local_paths
+
+    return resolve_local_paths(cfg)

@@ -30,6 +30,11 @@ def parse_args(argv: list[str] | None, method: str | None) -> argparse.Namespace
     p.add_argument(
         "--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local cluster)."
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Validate the config, data and storage and print the resolved plan; start nothing.",
+    )
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides applied after the file.")
     return p.parse_args(argv)
 
@@ -47,17 +52,43 @@ def parse_result_line(text: str) -> dict[str, Any] | None:
     return None
 
 
+def dry_run(cfg: Any) -> dict[str, Any]:
+    """Every pre-launch check that needs no cluster (no Ray, no torch imported), and what
+    the run would ask the cluster for."""
+    from mdir.training.preflight import plan_summary
+    from mdir.training.run import resolve_names, validate_before_launch
+
+    cfg = resolve_names(cfg)
+    validate_before_launch(cfg, check_cluster=False)
+    return {
+        "valid": True,
+        "method": cfg.method.name,
+        "data_uri": cfg.data.uri,
+        "storage": f"{cfg.storage.path.rstrip('/')}/{cfg.storage.name}",
+        "resources": plan_summary(cfg),
+    }
+
+
 def run_job(
-    method: str | None, config: str, overrides: list[str], address: str | None = None
+    method: str | None,
+    config: str,
+    overrides: list[str],
+    address: str | None = None,
+    dry: bool = False,
 ) -> int:
-    """Load + validate (fail fast, exit 2 naming the field), train, print the result line."""
+    """Load + validate (fail fast, exit 2 naming the field), train, print the result line.
+    With `dry`, validate only and print the plan as JSON."""
     from mdir.training.config import load_job_config
-    from mdir.training.run import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = None
     try:
         cfg = load_job_config(config, overrides, method=method)
+        if dry:
+            print(json.dumps(dry_run(cfg), sort_keys=True), flush=True)
+            return 0
+        from mdir.training.run import train
+
         result = train(cfg, address=address)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
@@ -73,4 +104,4 @@ def run_job(
 
 def main(method: str | None, argv: list[str] | None = None) -> int:
     a = parse_args(argv, method)
-    return run_job(method, a.config, a.overrides, a.address)
+    return run_job(method, a.config, a.overrides, a.address, dry=a.dry_run)

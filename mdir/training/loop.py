@@ -38,6 +38,7 @@ from mdir.methods.base import EpochContext
 from mdir.training import checkpoint as ckpt
 from mdir.training import selection
 from mdir.training.config import TrainJobConfig
+from mdir.training.watchdog import stall_message, watch_batches
 
 log = logging.getLogger("mdir.training")
 
@@ -45,13 +46,14 @@ MethodFactory = Callable[[Any, torch.device], Any]
 
 
 def _setup_logging() -> None:
+    """One stdout handler on ``mdir.training``; its children (``.tracking``) reach it by
+    propagation. A second handler on a child printed each of its records twice."""
     if not log.handlers:
         h = logging.StreamHandler(sys.stdout)
         h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         log.addHandler(h)
         log.setLevel(logging.INFO)
         log.propagate = False
-        logging.getLogger("mdir.training.tracking").addHandler(h)
 
 
 def seed_everything(seed: int) -> None:
@@ -256,7 +258,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ),
         )
         todo = min(spe - step_in_epoch, total_steps - step)
-        for batch in plan.batches(todo, device):
+        batches = watch_batches(
+            plan.batches(todo, device),
+            cfg.train.stall_timeout_s,
+            lambda waited: stall_message(cfg, waited),
+        )
+        for batch in batches:
             with amp:
                 losses = method.train_step(batch)
             step += 1

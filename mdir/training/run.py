@@ -1,9 +1,14 @@
 """Launch a training job on Ray Train: validate, build the `TorchTrainer`, fit, summarise.
 
-`validate_before_launch` fails fast, before any worker starts, with a `ConfigError`
-naming the field: method/data mode mismatch (``data.mode``), dataset missing or without
-the split (``data.uri`` / ``data.train_split``), unreachable storage (``storage.path``),
-more workers / CPUs / GPUs than the cluster has (``scaling.*``).
+`validate_before_launch` fails fast, before any worker starts and without importing
+torch, with a `ConfigError` naming the field: method/data mode mismatch (``data.mode``),
+image size vs the networks' down-samplings (``data.image_size``, ``method.num_downs``),
+missing VGG-16 weights for MDUIT (``method.vgg_weights``), dataset missing or without the
+split (``data.uri`` / ``data.train_split``), unreachable storage (``storage.path``, bounded
+by ``storage.check_timeout_s``), a resource plan (training workers + Ray Data tasks +
+evaluation) larger than the cluster (``scaling.*``, ``data.parallelism``,
+``data.task_cpus``), a local ``data.uri`` the cluster's nodes cannot see. The rules live in
+`mdir.training.preflight`.
 
 `build_trainer` wires the method-agnostic loop (`mdir.training.loop`) into a
 `TorchTrainer`: ``ScalingConfig(num_workers, use_gpu, resources_per_worker)``, gloo on
@@ -61,12 +66,12 @@ def resolve_names(cfg: TrainJobConfig) -> TrainJobConfig:
     return cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"name": name})})
 
 
-def _check_storage(path: str) -> None:
+def _check_storage(path: str, timeout_s: float | None = None) -> None:
     from mdir.data import io
 
     if io.is_remote(path):
         try:
-            io.check_reachable(path, must_exist=False)
+            io.check_reachable(path, must_exist=False, timeout_s=timeout_s)
         except io.DataPathError as e:
             raise ConfigError(f"storage.path: {e}") from None
         return
@@ -84,7 +89,7 @@ def _check_data(cfg: TrainJobConfig) -> None:
     from mdir.data.manifest import read_manifest
 
     try:
-        io.check_reachable(cfg.data.uri, manifest=True)
+        io.check_reachable(cfg.data.uri, manifest=True, timeout_s=cfg.storage.check_timeout_s)
         m = read_manifest(cfg.data.uri)
     except Exception as e:
         raise ConfigError(f"data.uri: {e}") from None
@@ -112,34 +117,68 @@ def _check_data(cfg: TrainJobConfig) -> None:
 
 
 def _check_method(cfg: TrainJobConfig) -> None:
-    from mdir.methods import get_method_factory
+    """Data mode, shape limits and MDUIT's VGG weights, from the config alone (no torch:
+    the method's data mode is a class attribute of its config)."""
+    from mdir.training import preflight
 
-    try:
-        factory = get_method_factory(cfg.method.name)
-    except KeyError as e:
-        raise ConfigError(f"method.name: {e.args[0]}") from None
-    mode = getattr(factory, "data_mode", None)
+    mode = getattr(type(cfg.method), "data_mode", None)
     if mode is not None and mode != cfg.data.mode:
         raise ConfigError(
             f"data.mode: method {cfg.method.name!r} needs data mode {mode!r}, config has {cfg.data.mode!r}"
         )
+    preflight.check_shapes(cfg)
+    preflight.check_vgg_weights(cfg)
 
 
-def check_resources(cfg: TrainJobConfig) -> None:
-    """Compare the request with the connected cluster's totals (Ray must be initialised)."""
+def check_resources(cfg: TrainJobConfig, *, check_data: bool = True) -> None:
+    """Compare the whole plan (training workers + Ray Data tasks + evaluation) with the
+    connected cluster's totals (Ray must be initialised; see `mdir.training.preflight`),
+    and, with `check_data`, look for a local ``data.uri`` on every node."""
     import ray
 
-    total = ray.cluster_resources()
-    s = cfg.scaling
-    cpus = total.get("CPU", 0.0)
-    if s.num_workers * s.cpus_per_worker > cpus + 1e-9:
+    from mdir.training import preflight
+
+    plan = preflight.check_plan(cfg, ray.cluster_resources())
+    log.info("resource plan: %s", plan.describe(cfg))
+    if check_data:
+        check_visible_on_cluster(cfg.data.uri, "data.uri", timeout_s=cfg.storage.check_timeout_s)
+
+
+def _path_exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def check_visible_on_cluster(uri: str, field: str, timeout_s: float = 30.0) -> None:
+    """A local `uri` must exist on every alive node (workers read it there): one zero-CPU
+    task per node, pinned to it, looks. Remote URIs pass; a check that cannot run within
+    `timeout_s` only warns (the run may still work)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from mdir.data import io
+
+    if io.is_remote(uri):
+        return
+    path = io.absolute_local(uri).removeprefix("file://")
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+    probe = ray.remote(num_cpus=0, max_retries=0)(_path_exists)
+    refs = {
+        n["NodeManagerAddress"]: probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(path)
+        for n in nodes
+    }
+    try:
+        seen = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s), strict=True))
+    except Exception as e:  # GetTimeoutError, a node lost meanwhile
+        log.warning("%s: could not check %r on the cluster's nodes (%s)", field, path, e)
+        return
+    blind = sorted(node for node, ok in seen.items() if not ok)
+    if blind:
         raise ConfigError(
-            f"scaling.num_workers: {s.num_workers} workers × scaling.cpus_per_worker {s.cpus_per_worker} CPU "
-            f"= {s.num_workers * s.cpus_per_worker} CPUs, but the cluster has {cpus:g}"
-        )
-    if s.use_gpu and s.num_workers > total.get("GPU", 0.0) + 1e-9:
-        raise ConfigError(
-            f"scaling.use_gpu: {s.num_workers} workers need {s.num_workers} GPUs, the cluster has {total.get('GPU', 0):g}"
+            f"{field}: {path!r} is not visible on the cluster node(s) {blind} (workers read it "
+            "there); "
+            "put the data on storage every node sees (a shared filesystem or s3://)"
         )
 
 
@@ -147,12 +186,16 @@ def validate_before_launch(
     cfg: TrainJobConfig, *, check_data: bool = True, check_cluster: bool = True
 ) -> None:
     """Every check that can fail before a worker starts (see the module docstring)."""
+    from mdir.training import preflight
+
     _check_method(cfg)
     if check_data:
         _check_data(cfg)
-    _check_storage(cfg.storage.path)
+        for warning in preflight.mduit_warnings(cfg):
+            log.warning("%s", warning)
+    _check_storage(cfg.storage.path, cfg.storage.check_timeout_s)
     if check_cluster:
-        check_resources(cfg)
+        check_resources(cfg, check_data=check_data)
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -308,12 +351,14 @@ def train(
     run_config_kwargs: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Validate (fail fast), connect to / start Ray, fit, and summarise the run."""
-    cfg = resolve_names(cfg)
+    from mdir.training.preflight import resolve_local_paths
+
+    cfg = resolve_local_paths(resolve_names(cfg))
     if validate:
         validate_before_launch(cfg, check_data=plan is None, check_cluster=False)
     ensure_ray(address)
     if validate:
-        check_resources(cfg)
+        check_resources(cfg, check_data=plan is None)
     trainer = build_trainer(
         cfg,
         plan=plan,

@@ -6,7 +6,9 @@ and few retries (``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``..._MAX_RETRIES`` are set f
 process from `MlflowSection`). While the server is down the calls stay buffered (oldest
 dropped, and counted, when the buffer is full), a warning is logged once per outage, and
 the thread retries with exponential back-off; the run itself is created lazily, so a
-server that comes up late still gets the whole history. `close()` waits at most
+server that comes up late still gets the whole history. A run continued after a restart
+(``run_id`` given) first reads the last step logged per metric key and drops replayed
+points at or below it, so steps repeated since the last checkpoint appear once. `close()` waits at most
 ``flush_timeout`` seconds: training finishes whether or not the server answered.
 
 Why not MLflow's own async logging: with retries it blocks for minutes per call against a
@@ -65,6 +67,9 @@ class Tracker:
         self.tags = dict(tags or {})
         self.dropped = 0
         self.failures = 0
+        self.replayed = 0  # metric points skipped because the continued run already had them
+        # last step logged per metric key in a continued run; None until read from the server
+        self._last_steps: dict[str, int] | None = None if run_id else {}
         self._queue: collections.deque[tuple[str, Callable[[Any, str], None]]] = collections.deque(
             maxlen=buffer_size
         )
@@ -108,7 +113,15 @@ class Tracker:
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
-        self.submit("metrics", lambda c, rid: c.log_batch(rid, metrics=items))
+
+        def fn(c: Any, rid: str) -> None:
+            last = self._last_steps or {}
+            fresh = [m for m in items if m.step > last.get(m.key, -1)]
+            self.replayed += len(items) - len(fresh)
+            if fresh:
+                c.log_batch(rid, metrics=fresh)
+
+        self.submit("metrics", fn)
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         self.submit(
@@ -197,6 +210,14 @@ class Tracker:
             run = c.create_run(exp_id, run_name=self.run_name, tags=tags)
             self.run_id = run.info.run_id
             log.info("MLflow run %s (experiment %s)", self.run_id, self.experiment)
+        if self._last_steps is None:
+            self._last_steps = last_logged_steps(self._client, self.run_id)
+            if self._last_steps:
+                log.info(
+                    "MLflow run %s continued: metric points up to step %d are already logged",
+                    self.run_id,
+                    max(self._last_steps.values()),
+                )
         return self.run_id
 
     def _worker(self) -> None:
@@ -238,3 +259,13 @@ class Tracker:
                     self._queue.popleft()
                 self._busy = False
                 self._cv.notify_all()
+
+
+def last_logged_steps(client: Any, run_id: str) -> dict[str, int]:
+    """The highest step logged so far for each metric key of `run_id` (empty for a new run).
+    A resumed worker group replays the steps since its checkpoint; these bounds keep their
+    points from being logged a second time."""
+    keys = list(client.get_run(run_id).data.metrics)
+    return {
+        k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1) for k in keys
+    }
