@@ -375,6 +375,57 @@ def drill_secret_leak(lab: Lab) -> Row:
     return row
 
 
+def drill_corrupt_checkpoint(lab: Lab) -> Row:
+    from mdir.training import checkpoint as ckpt
+
+    row = Row(
+        "corrupt_checkpoint",
+        "latest checkpoint's networks.safetensors truncated to half (what ENOSPC leaves) and a "
+        "newer 0-byte partial checkpoint dir, then the run is re-submitted",
+    )
+    name = f"cc-{uuid.uuid4().hex[:6]}"
+    common = ["train.checkpoint_every=10", "storage.max_failures=2",
+              f"storage.path={lab.state}/ckpt", f"storage.name={name}"]  # fmt: skip
+    first = start_job(lab, [*common, "train.max_steps=20"])
+    rc1 = finish(first)
+    run_dir = lab.state / "ckpt" / name
+    by_step = {
+        int(json.loads((d / ckpt.META_FILE).read_text())["step"]): d
+        for d in sorted(run_dir.glob("checkpoint_*"))
+        if (d / ckpt.META_FILE).exists()
+    }
+    latest = by_step[max(by_step)]
+    net = latest / ckpt.NETWORKS_FILE
+    net.write_bytes(net.read_bytes()[: net.stat().st_size // 2])
+    partial = run_dir / "checkpoint_2999-01-01_00-00-00.000000"
+    partial.mkdir()
+    (partial / ckpt.NETWORKS_FILE).write_bytes(b"")
+    t0 = time.monotonic()
+    second = start_job(lab, [*common, "train.max_steps=30"])
+    rc2 = finish(second)
+    res = second.result() or {}
+    resumed = [int(m.group(1)) for _, ln in second.lines if (m := RESUME_RE.search(ln))]
+    warned = any("intact" in ln.lower() for _, ln in second.lines)
+    row.numbers = {
+        "checkpoints_before": sorted(by_step),
+        "resumed_from_step": resumed[0] if resumed else None,
+        "warned": warned,
+        "attempts_failed": sum("Traceback" in ln for _, ln in second.lines),
+        "final_step": res.get("step"),
+        "s_rerun": round(time.monotonic() - t0, 1),
+    }
+    row.ok = (
+        rc1 == 0 and rc2 == 0 and res.get("step") == 30 and bool(resumed)
+        and resumed[0] == sorted(by_step)[-2]
+    )  # fmt: skip
+    row.outcome = (
+        f"resumed from the intact step-{resumed[0]} checkpoint with a warning and finished"
+        if row.ok
+        else f"rc {rc1}/{rc2}, resumed {resumed}: {res.get('error')}"
+    )
+    return row
+
+
 def drill_plan_too_big(lab: Lab) -> Row:
     row = Row(
         "plan_too_big",
@@ -443,6 +494,7 @@ DRILLS: dict[str, Callable[[Lab], Row]] = {
     "mlflow_outage": drill_mlflow_outage,
     "bad_inputs": drill_bad_inputs,
     "secret_leak": drill_secret_leak,
+    "corrupt_checkpoint": drill_corrupt_checkpoint,
     "plan_too_big": drill_plan_too_big,
     "silent_s3": drill_silent_s3,
 }
