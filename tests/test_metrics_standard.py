@@ -258,3 +258,24 @@ def test_evaluation_that_cannot_run_is_refused_up_front(tmp_path, monkeypatch):
     check_evaluation_ready(EvalConfig(metrics=["ssim"]))  # no features needed
     with pytest.raises(FileNotFoundError, match="eval.inception_weights"):
         check_evaluation_ready(EvalConfig(inception_weights=str(tmp_path / "nope.pth")))
+
+
+@pytest.mark.parametrize("name", ["cyclegan.yaml", "pix2pix.yaml"])
+def test_shipped_job_configs_fail_before_launch_without_fid_weights(name, tmp_path, monkeypatch):
+    """Issue 19 (7a): these configs used to train to the end and log 'evaluation failed'."""
+    from mdir.config import ConfigError
+    from mdir.training.config import load_job_config
+    from mdir.training.run import validate_before_launch
+
+    monkeypatch.delenv("MDIR_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch" / "hub"))
+    monkeypatch.setenv("MDIR_CACHE_DIR", str(tmp_path / "cache"))
+    path = Path(__file__).resolve().parents[1] / "jobs" / "configs" / name
+    cfg = load_job_config(path, [f"storage.path={tmp_path / 'runs'}"])
+    assert cfg.train.evaluate and not cfg.eval.allow_random_features
+    with pytest.raises(ConfigError, match="mdir metrics weights import"):
+        validate_before_launch(cfg, check_data=False, check_cluster=False)
+    weights = tmp_path / "cache" / "fid" / "inception-2015-12-05.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"stand-in")  # found where `mdir metrics weights import` writes
+    validate_before_launch(cfg, check_data=False, check_cluster=False)

@@ -88,7 +88,7 @@ def test_method_trains_registers_and_translates(
     assert "throughput/images_per_s" in run.data.metrics
     assert run.data.params["method.name"] == method
     if method in EVAL:  # evaluated: the metric and the tag both say the features were random
-        assert "eval/kid_random_inception" in run.data.metrics
+        assert "eval/kid_legacy_random_inception" in run.data.metrics
         assert run.data.tags["mdir.feature_extractor"].startswith("random_inception")
     arts = {a.path for a in client.list_artifacts(r.mlflow_run_id)}
     assert {"samples", "checkpoint", "config", "model_card.md"} <= arts

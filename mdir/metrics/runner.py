@@ -227,6 +227,9 @@ def log_to_mlflow(
     client.log_metric(run_id, f"{prefix}num_real", float(res.num_real), step=step or 0)
     client.log_metric(run_id, f"{prefix}num_fake", float(res.num_fake), step=step or 0)
     client.set_tag(run_id, MLFLOW_TAG, extractor_tag(res))
+    if res.extractor_label is not None:
+        for k, v in res.tags().items():  # mdir.fid.protocol / .features / .n_images
+            client.set_tag(run_id, k, v)
     if res.prd is not None:
         with tempfile.TemporaryDirectory(prefix="mdir-prd-") as d:
             p = plot_prd(

@@ -163,6 +163,17 @@ def check_resources(cfg: TrainJobConfig) -> None:
         )
 
 
+def _check_evaluation(cfg: TrainJobConfig) -> None:
+    """Evaluation that was asked for and cannot run (no FID weights) fails now, not as a
+    warning after hours of training with a registered model that has no metrics."""
+    from mdir.metrics.gan import check_evaluation_ready
+
+    try:
+        check_evaluation_ready(cfg.eval)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+
+
 def validate_before_launch(
     cfg: TrainJobConfig, *, check_data: bool = True, check_cluster: bool = True
 ) -> None:
@@ -171,6 +182,8 @@ def validate_before_launch(
     if check_data:
         _check_data(cfg)
     _check_storage(cfg.storage.path)
+    if cfg.train.evaluate:
+        _check_evaluation(cfg)
     if check_cluster:
         check_resources(cfg)
 
