@@ -124,7 +124,7 @@ def test_legacy_fid_equals_pytorch_fid(standard_fid_weights, tmp_path):
 
     from mdir.metrics.runner import evaluate_folders
 
-    n = 32
+    n = 24
     dirs = {}
     for cond, size in (("day", 96), ("night", 80)):
         d = tmp_path / cond
@@ -279,3 +279,39 @@ def test_shipped_job_configs_fail_before_launch_without_fid_weights(name, tmp_pa
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"stand-in")  # found where `mdir metrics weights import` writes
     validate_before_launch(cfg, check_data=False, check_cluster=False)
+
+
+@fidw
+def test_import_command_is_idempotent_found_automatically_and_checksummed(
+    standard_fid_weights, tmp_path, monkeypatch
+):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mdir.cli import app
+    from mdir.metrics.features import resolve_weights
+    from mdir.metrics.weights import default_weights_path
+
+    monkeypatch.delenv("MDIR_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch" / "hub"))
+    monkeypatch.setenv("MDIR_CACHE_DIR", str(tmp_path / "cache"))
+    assert resolve_weights(None) is None
+    dest = default_weights_path()
+    dest.parent.mkdir(parents=True)
+    shutil.copyfile(standard_fid_weights, dest)  # what the import wrote, in the user's cache
+    shutil.copyfile(f"{standard_fid_weights}.sha256", f"{dest}.sha256")
+    res = CliRunner().invoke(app, ["metrics", "weights", "import"])
+    assert res.exit_code == 0, res.output
+    from safetensors.torch import load_file
+
+    n = len(load_file(str(dest)))
+    assert n == 94 * 5  # 94 conv layers: weight + BN γ (= 1), β, mean, var; no fc
+    assert "already present" in res.output and f"{n} tensors" in res.output
+    assert resolve_weights(None) == dest  # found without any setting
+    # a corrupted file is refused by its checksum, not silently used
+    data = bytearray(dest.read_bytes())
+    data[-1] ^= 0xFF
+    dest.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        FeatureExtractor(device="cpu")

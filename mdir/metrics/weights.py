@@ -186,6 +186,8 @@ def find_torchscript() -> Path:
 
 @dataclass
 class ImportResult:
+    """The converted file, its sha256, its tensor/value counts and where it came from."""
+
     path: Path
     sha256: str
     num_tensors: int
@@ -240,6 +242,5 @@ def import_weights(
     os.replace(tmp, dest)
     digest = sha256_file(dest)
     Path(str(dest) + ".sha256").write_text(f"{digest}  {dest.name}\n")
-    return ImportResult(
-        dest, digest, len(ts_state), sum(v.numel() for v in ts_state.values()), src, True
-    )
+    # counts of the written state dict (the TorchScript's 376 tensors + the BN scales γ = 1)
+    return ImportResult(dest, digest, len(sd), sum(v.numel() for v in sd.values()), src, True)
