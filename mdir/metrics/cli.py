@@ -35,6 +35,7 @@ _HELP = {
     "--config": "YAML file with an EvalConfig mapping.",
     "--set": "EvalConfig override key=value, repeatable (e.g. --set kid_subsets=50).",
     "--inception-weights": "Local FID Inception weights (pt_inception-2015-12-05 .pth/.safetensors); default $MDIR_INCEPTION_WEIGHTS or the torch hub cache.",
+    "--fid-protocol": "legacy (TF / pytorch-fid resize, default) or clean (clean-fid); part of every metric key.",
     "--allow-random-features": "Without standard weights, use a random Inception; metric names get the _random_inception suffix.",
     "--metrics": "Comma-separated subset of fid,kid,is,prd,ssim,ms_ssim.",
     "--num-images": "Use at most this many images per set.",
@@ -72,6 +73,7 @@ def gan_cmd(
     config: Path | None = _opt("--config"),
     overrides: list[str] = _opt("--set", []),
     inception_weights: str | None = _opt("--inception-weights"),
+    fid_protocol: str | None = _opt("--fid-protocol"),
     allow_random_features: bool = _opt("--allow-random-features", False),
     metrics: str | None = _opt("--metrics"),
     num_images: int | None = _opt("--num-images"),
@@ -93,6 +95,7 @@ def gan_cmd(
     sets = []
     for key, val in (
         ("inception_weights", inception_weights),
+        ("fid_protocol", fid_protocol),
         ("num_images", num_images),
         ("batch_size", batch_size),
         ("num_workers", num_workers),
