@@ -250,7 +250,9 @@ def test_real_training_sweep_ranks_and_crowns(
     scores = [r["fid_legacy"] for r in board]
     assert all(s is not None and s > 0 for s in scores) and scores == sorted(scores)
     assert all(r["eval_points"] == 2 and r["steps"] == 4 for r in board)
-    assert all(r["kid"] is not None and r["prd_f8"] is not None for r in board)
+    assert all(r["kid"] is not None for r in board)
+    # 4 images per set: PRD (10 per cluster) and KID's std (subsets = whole set) mean nothing
+    assert all(r.get("prd_f8") is None and r.get("kid_std") is None for r in board)
     client = MlflowClient(mlflow_server.uri)
     kids = client.search_runs(
         [client.get_run(summary["parent_run_id"]).info.experiment_id],
