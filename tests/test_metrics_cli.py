@@ -67,7 +67,12 @@ def test_eval_gan_registered_model(mlflow_server, tmp_path, monkeypatch):
         out["metrics"]["fid_legacy_random_inception"]
     )
     assert logged.data.tags["mdir.feature_extractor"].startswith("random_inception")
-    assert "eval/prd.png" in [a.path for a in client.list_artifacts(run.info.run_id, "eval")]
+    # 3 images: PRD is omitted as meaningless (no curve, no plot), and says why
+    assert "eval/prd.png" not in [a.path for a in client.list_artifacts(run.info.run_id, "eval")]
+    assert any(w.startswith("PRD omitted") for w in out["warnings"])
+    assert logged.data.tags["mdir.fid.protocol"] == "legacy"
+    assert logged.data.tags["mdir.fid.features"] == "random_inception"
+    assert logged.data.tags["mdir.fid.n_images"] == "3"
     # a model without --source/--target is a clear error, not a crash
     bad = CliRunner().invoke(app, ["eval", "gan", "--model", uri, "--data", data])
     assert bad.exit_code == 2 and "--source" in bad.output
@@ -120,7 +125,8 @@ def test_eval_gan_cli_folders_and_mlflow(mlflow_server, tmp_path, monkeypatch):
         m["fid_legacy_random_inception"]
     )
     arts = [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "eval")]
-    assert "eval/prd.png" in arts
+    assert "eval/prd.png" not in arts and any(w.startswith("PRD omitted") for w in out["warnings"])
+    assert logged.data.tags["mdir.fid.n_images"] == "4"
     # a config error names the field and exits with 2
     bad = CliRunner().invoke(
         app, ["eval", "gan", "--real", "x", "--fake", "y", "--set", "kid_subsets=0"]
