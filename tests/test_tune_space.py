@@ -129,6 +129,36 @@ def test_env_default_expansion(monkeypatch: pytest.MonkeyPatch):
     assert toy("overrides: {toy.target: '${MDIR_T_TEST:-7}'}\n").overrides["toy.target"] == "9"
 
 
+@pytest.fixture(autouse=True)
+def _weights_present(tmp_path, monkeypatch):
+    """The shipped spaces rank by fid_legacy, which needs the standard weights before launch:
+    a placeholder file stands for them here (validation only looks for the file)."""
+    f = tmp_path / "inception-2015-12-05.safetensors"
+    f.write_bytes(b"placeholder")
+    monkeypatch.setenv("MDIR_INCEPTION_WEIGHTS", str(f))
+
+
+def test_space_ranked_by_standard_fid_needs_weights_and_matching_protocol(monkeypatch):
+    from mdir.tune.space import base_dict
+
+    space = load_space(SPACES / "demo.yaml")
+    base = base_dict(space, SPACES / "demo.yaml")
+    assert space.metric.name == "fid_legacy"
+    assert validate_trials(space, base, expand(space))
+    clean = space.model_copy(
+        update={"metric": space.metric.model_copy(update={"name": "fid_clean"})}
+    )
+    with pytest.raises(ConfigError, match="eval.fid_protocol='legacy'"):
+        validate_trials(clean, base, expand(space))
+    monkeypatch.delenv("MDIR_INCEPTION_WEIGHTS")
+    with pytest.raises(ConfigError, match="mdir metrics weights import"):
+        validate_trials(space, base, expand(space))
+    rnd = space.model_copy(
+        update={"metric": space.metric.model_copy(update={"name": "fid_legacy_random_inception"})}
+    )
+    assert validate_trials(rnd, base, expand(space))  # the labelled fallback still ranks
+
+
 def test_thesis_grid_is_the_thesis_grid():
     space = load_space(SPACES / "thesis_grid.yaml")
     from mdir.tune.space import base_dict
@@ -158,6 +188,9 @@ def test_thesis_grid_is_the_thesis_grid():
     assert all(
         c.method.lr == 2e-4 and c.method.beta1 == 0.9 and c.train.batch_size == 5 for c in cfgs
     )
+    # ranked on ≥ 2000 val images with the standard network under the papers' protocol
+    assert all(c.train.eval_images == 2000 and c.eval.fid_protocol == "legacy" for c in cfgs)
+    assert all(c.eval.require_standard_weights for c in cfgs)
     p2p = [c for c in cfgs if c.method.name == "pix2pix"]
     assert all(c.data.mode == "paired" for c in p2p)
     robot = [c for c in cfgs if c.data.uri.endswith("robotcar")]
@@ -235,10 +268,29 @@ def test_leaderboard_sorting_and_formats():
     assert [r.trial_id for r in sort_rows(rows, "max")] == ["a", "d", "c", "b"]
     md = to_markdown(ordered, "fid")
     lines = md.strip().splitlines()
-    assert lines[0].startswith("| rank | trial | label | fid | kid | prd_f8 | prd_f1_8")
-    assert lines[2].startswith("| 1 | 002 | z | 10 | 0.1 | 0.9 |") and "error (boom)" in lines[-1]
+    assert lines[0].startswith(
+        "| rank | trial | label | fid | kid | kid_std | prd_f8 | prd_f1_8 | KID tie"
+    )
+    assert (
+        lines[2].startswith("| 1 | 002 | z | 10 | 0.1 |  | 0.9 |") and "error (boom)" in lines[-1]
+    )
     csv_text = to_csv(ordered, "fid")
-    assert csv_text.splitlines()[1].startswith("1,c,2,z,10.0,0.1,0.9")
+    assert csv_text.splitlines()[1].startswith("1,c,2,z,10.0,0.1,,0.9")
+
+
+def test_leaderboard_marks_kid_ties_with_the_winner():
+    from mdir.tune.leaderboard import kid_ties
+
+    rows = [
+        Row("w", 0, "win", "finished", 1.0, {"kid": 0.10, "kid_std": 0.02}),
+        Row("t", 1, "tie", "finished", 2.0, {"kid": 0.13, "kid_std": 0.015}),  # |Δ| .03 ≤ .035
+        Row("f", 2, "far", "finished", 3.0, {"kid": 0.20, "kid_std": 0.02}),  # |Δ| .10 > .04
+        Row("n", 3, "nostd", "finished", 4.0, {"kid": 0.10}),
+    ]
+    assert kid_ties(rows) == {1}
+    md = to_markdown(rows, "fid_legacy").splitlines()
+    assert "| tie |" in md[3] and "| tie |" not in md[4] and "| tie |" not in md[2]
+    assert to_csv(rows, "fid_legacy").splitlines()[2].split(",")[9] == "True"
 
 
 def test_best_point_and_metric_keys():
@@ -252,17 +304,25 @@ def test_best_point_and_metric_keys():
     assert best_point(hist, "fid", "min")["kid"] == 2
     assert best_point(hist, "fid", "max")["kid"] == 1
     assert best_point([{"loss": 1.0}], "fid", "min") is None
-    assert metric_variants("kid", "fid_random_inception") == ["kid_random_inception", "kid"]
+    assert metric_variants("kid", "fid_legacy_random_inception") == [
+        "kid_legacy_random_inception",
+        "kid",
+    ]
+    assert metric_variants("kid_std", "fid_clean") == ["kid_std_clean", "kid_std"]
     row = normalize_report(
         {
-            "eval/fid_random_inception": 1.5,
+            "eval/fid_legacy_random_inception": 1.5,
             "loss/g": 2.0,
             "step": 8,
-            "eval/kid_random_inception": 0.1,
+            "eval/kid_legacy_random_inception": 0.1,
         }
     )
-    assert row == {"step": 8, "fid_random_inception": 1.5, "kid_random_inception": 0.1}
-    assert not math.isnan(row["fid_random_inception"])
+    assert row == {
+        "step": 8,
+        "fid_legacy_random_inception": 1.5,
+        "kid_legacy_random_inception": 0.1,
+    }
+    assert not math.isnan(row["fid_legacy_random_inception"])
 
 
 def test_driver_env_inside_a_job_leaves_out_the_jobs_own_variables():

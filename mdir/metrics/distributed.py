@@ -42,7 +42,7 @@ class DistributedFeatures:
     """Features in input order, merged statistics and the extractor that made them."""
 
     pool: np.ndarray
-    logits: np.ndarray
+    logits: np.ndarray | None
     stats: GaussianStats
     worker_stats: list[GaussianStats]
     label: str
@@ -64,7 +64,7 @@ class FeatureWorker:
     def info(self) -> tuple[str, str]:
         return self.extractor.label, self.extractor.source
 
-    def run(self, chunk_id: int, images) -> tuple[int, np.ndarray, np.ndarray]:
+    def run(self, chunk_id: int, images) -> tuple[int, np.ndarray, np.ndarray | None]:
         if len(images) and isinstance(images[0], str):
             images = [load_image(p) for p in images]
         f = self.extractor.extract(images)
@@ -103,7 +103,7 @@ def extract_features_distributed(
     chunks = [(i, s) for i, s in enumerate(range(0, n, chunk_size))]
     threads = max(1, int(cpus_per_worker))
     actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(FeatureWorker)
-    env = {k: v for k in ("MDIR_INCEPTION_WEIGHTS",) if (v := os.environ.get(k))}
+    env = {k: v for k in ("MDIR_INCEPTION_WEIGHTS", "MDIR_CACHE_DIR") if (v := os.environ.get(k))}
     actors = [
         actor_cls.options(runtime_env={"env_vars": env} if env else None).remote(
             extractor_kwargs, threads
@@ -113,7 +113,7 @@ def extract_features_distributed(
     try:
         label, source = ray.get(actors[0].info.remote())
         pool = ActorPool(actors)
-        parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        parts: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
 
         def submit(actor, item):
             cid, start = item
@@ -133,11 +133,12 @@ def extract_features_distributed(
         if order
         else np.zeros((0, FEATURE_DIM), np.float32)
     )
-    logits = (
-        np.concatenate([parts[i][1] for i in order])
-        if order
-        else np.zeros((0, NUM_LOGITS), np.float32)
-    )
+    if not order:
+        logits = np.zeros((0, NUM_LOGITS), np.float32)
+    elif any(parts[i][1] is None for i in order):
+        logits = None  # weights without the fc: IS is omitted
+    else:
+        logits = np.concatenate([parts[i][1] for i in order])
     merged = GaussianStats(FEATURE_DIM)
     for s in worker_stats:
         merged.merge(s)

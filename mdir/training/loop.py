@@ -515,7 +515,7 @@ def _evaluate(
     if not cfg.train.evaluate:
         return {}
     try:
-        from mdir.metrics.gan import evaluate_translation, feature_extractor_tag
+        from mdir.metrics.gan import evaluate_translation_detailed, feature_extractor_tag
         from mdir.metrics.naming import MLFLOW_TAG
     except ModuleNotFoundError:
         return {}
@@ -527,13 +527,14 @@ def _evaluate(
             return _translate(method, x, reference)
 
         t0 = time.perf_counter()
-        metrics = evaluate_translation(translate, src, tgt, cfg.eval, reference_images=ref)
-        metrics = {f"eval/{k}": float(v) for k, v in metrics.items()}
+        res = evaluate_translation_detailed(translate, src, tgt, cfg.eval, reference_images=ref)
+        metrics = {f"eval/{k}": float(v) for k, v in res.metrics.items()}
         log.info("eval at step %d (%.1f s): %s", step, time.perf_counter() - t0, metrics)
         if tracker is not None:
             tracker.log_metrics(metrics, step)
             # which network produced these numbers (random Inception is never "the" FID)
-            tracker.set_tags({MLFLOW_TAG: feature_extractor_tag(cfg.eval)})
+            # protocol, network and image count of the numbers (mdir.fid.*)
+            tracker.set_tags({MLFLOW_TAG: feature_extractor_tag(cfg.eval), **res.tags()})
         return metrics
     except Exception as e:  # metrics must not kill a long training job
         log.warning("evaluation at step %d failed: %s", step, e)

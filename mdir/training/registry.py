@@ -74,7 +74,7 @@ def model_card(cfg: Any, metrics: dict[str, float], step: int) -> str:
         f"- dataset: `{cfg.data.uri}` ({cfg.data.mode}; A={cfg.data.domain_a}, B={cfg.data.domain_b}; {cfg.data.image_size}px)",
         f"- trained steps: {step} (epochs {cfg.train.epochs}, batch {cfg.train.batch_size} × {cfg.scaling.num_workers} workers)",
         f"- pretrained weights: VGG-16 for E_a: {vgg}",
-        f"- feature extractor for metrics: {getattr(cfg.eval, 'inception_weights', None) or 'see metric names (suffix _random_inception = random features)'}",
+        f"- feature metrics: protocol `{getattr(cfg.eval, 'fid_protocol', 'legacy')}`, weights {getattr(cfg.eval, 'inception_weights', None) or 'inception-2015-12-05 from the local cache (suffix _random_inception = random features)'}",
         "",
         "## Metrics (validation split)",
         "",

@@ -182,6 +182,17 @@ def check_visible_on_cluster(uri: str, field: str, timeout_s: float = 30.0) -> N
         )
 
 
+def _check_evaluation(cfg: TrainJobConfig) -> None:
+    """Evaluation that was asked for and cannot run (no FID weights) fails now, not as a
+    warning after hours of training with a registered model that has no metrics."""
+    from mdir.metrics.gan import check_evaluation_ready
+
+    try:
+        check_evaluation_ready(cfg.eval)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+
+
 def validate_before_launch(
     cfg: TrainJobConfig, *, check_data: bool = True, check_cluster: bool = True
 ) -> None:
@@ -194,6 +205,8 @@ def validate_before_launch(
         for warning in preflight.mduit_warnings(cfg):
             log.warning("%s", warning)
     _check_storage(cfg.storage.path, cfg.storage.check_timeout_s)
+    if cfg.train.evaluate:
+        _check_evaluation(cfg)
     if check_cluster:
         check_resources(cfg, check_data=check_data)
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SHOWN_METRICS = ("kid", "prd_f8", "prd_f1_8")
+SHOWN_METRICS = ("kid", "kid_std", "prd_f8", "prd_f1_8")
 
 
 @dataclass
@@ -52,7 +52,8 @@ def best_point(history: list[dict[str, Any]], metric: str, mode: str) -> dict[st
 
 
 def metric_variants(base: str, metric: str) -> list[str]:
-    """KID etc. under the same feature label as the ranking metric (fid_random_inception → kid_random_inception)."""
+    """KID etc. under the same protocol and feature label as the ranking metric
+    (fid_legacy → kid_legacy, fid_legacy_random_inception → kid_legacy_random_inception)."""
     suffix = metric[len("fid") :] if metric.startswith("fid") else ""
     return [base + suffix, base]
 
@@ -74,6 +75,24 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def kid_ties(rows: list[Row]) -> set[int]:
+    """Trial indices whose KID interval (kid ± kid_std) overlaps the winner's: the sets'
+    noise cannot tell them from the winner (the winner itself is not in the set)."""
+    scored = [r for r in rows if r.score is not None]
+    if not scored:
+        return set()
+    win = scored[0]
+    wk, ws = win.metrics.get("kid"), win.metrics.get("kid_std")
+    if wk is None or ws is None:
+        return set()
+    out = set()
+    for r in scored[1:]:
+        k, s = r.metrics.get("kid"), r.metrics.get("kid_std")
+        if k is not None and s is not None and abs(k - wk) <= s + ws:
+            out.add(r.index)
+    return out
+
+
 def to_markdown(rows: list[Row], metric: str) -> str:
     """A GitHub-style table: rank, trial, label, metric, KID, PRD F8, PRD F1/8, status."""
     head = [
@@ -82,11 +101,13 @@ def to_markdown(rows: list[Row], metric: str) -> str:
         "label",
         metric,
         *SHOWN_METRICS,
+        "KID tie",
         "eval points",
         "steps",
         "status",
         "run",
     ]
+    ties = kid_ties(rows)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows, 1):
         cells = [
@@ -95,6 +116,7 @@ def to_markdown(rows: list[Row], metric: str) -> str:
             r.label,
             _fmt(r.score),
             *(_fmt(r.metrics.get(m)) for m in SHOWN_METRICS),
+            "tie" if r.index in ties else "",
             str(r.eval_points),
             str(r.steps),
             r.status + (f" ({r.error[:60]})" if r.error else ""),
@@ -107,9 +129,10 @@ def to_markdown(rows: list[Row], metric: str) -> str:
 def to_csv(rows: list[Row], metric: str) -> str:
     """Same content as the markdown, one column per parameter as well."""
     keys = sorted({k for r in rows for k in r.params})
+    ties = kid_ties(rows)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["rank", "trial_id", "index", "label", metric, *SHOWN_METRICS, "eval_points", "steps", "status",
+    w.writerow(["rank", "trial_id", "index", "label", metric, *SHOWN_METRICS, "kid_tie", "eval_points", "steps", "status",
                 "run_id", "model_uri", *keys, "error"])  # fmt: skip
     for i, r in enumerate(rows, 1):
         w.writerow(
@@ -120,6 +143,7 @@ def to_csv(rows: list[Row], metric: str) -> str:
                 r.label,
                 r.score,
                 *(r.metrics.get(m) for m in SHOWN_METRICS),
+                r.index in ties,
                 r.eval_points,
                 r.steps,
                 r.status,

@@ -369,7 +369,7 @@ def collect_rows(
         best = best_point(history, metric, mode)
         shown = {}
         if best is not None:
-            for m in ("kid", "prd_f8", "prd_f1_8"):
+            for m in ("kid", "kid_std", "prd_f8", "prd_f1_8"):
                 for key in metric_variants(m, metric):
                     if _finite(best.get(key)):
                         shown[m] = float(best[key])

@@ -108,8 +108,9 @@ class MetricSpec(StrictModel):
     """What trials are ranked by (the validation split's metric as training reports it)."""
 
     name: str = Field(
-        "fid",
-        description="Reported metric key: fid, or fid_random_inception without Inception weights.",
+        "fid_legacy",
+        description="Reported metric key, named by protocol: fid_legacy / fid_clean (must match "
+        "eval.fid_protocol), + _random_inception for the labelled random-feature fallback.",
     )
     mode: Literal["min", "max"] = Field("min", description="min for FID/KID, max for PRD F-scores.")
 
@@ -424,6 +425,17 @@ def trial_config(space: TuneSpace, base: dict[str, Any], trial: Trial) -> dict[s
 
 REPORTED_METRICS = ("fid", "kid", "is", "prd_f8", "prd_f1_8")
 RANDOM_SUFFIX = "_random_inception"
+PROTOCOL_SUFFIXES = ("_legacy", "_clean")
+
+
+def split_metric(metric: str) -> tuple[str, str | None, bool]:
+    """`fid_legacy_random_inception` → ("fid", "legacy", True); no protocol → None."""
+    rnd = metric.endswith(RANDOM_SUFFIX)
+    rest = metric.removesuffix(RANDOM_SUFFIX)
+    for suf in PROTOCOL_SUFFIXES:
+        if rest.endswith(suf):
+            return rest.removesuffix(suf), suf[1:], rnd
+    return rest, None, rnd
 
 
 def validate_trials(space: TuneSpace, base: dict[str, Any], trials: list[Trial]) -> list[Any]:
@@ -439,8 +451,14 @@ def validate_trials(space: TuneSpace, base: dict[str, Any], trials: list[Trial])
     from mdir.training.config import TrainJobConfig
 
     metric = space.metric.name
-    if metric.removesuffix(RANDOM_SUFFIX) not in REPORTED_METRICS:
-        known = [m + s for m in REPORTED_METRICS for s in ("", RANDOM_SUFFIX)]
+    metric_base, protocol, wants_random = split_metric(metric)
+    if metric_base not in REPORTED_METRICS or protocol is None:
+        known = [
+            m + p + s
+            for m in REPORTED_METRICS
+            for p in PROTOCOL_SUFFIXES
+            for s in ("", RANDOM_SUFFIX)
+        ]
         raise ConfigError(
             f"space {space.name!r}: metric.name {metric!r} is not reported by training; use one of {known}"
         )
@@ -462,10 +480,36 @@ def validate_trials(space: TuneSpace, base: dict[str, Any], trials: list[Trial])
                 f"space {space.name!r}: trial {t.index}: train.checkpoint_every ({tr.checkpoint_every}) must equal "
                 f"train.eval_every ({tr.eval_every}): Tune receives one result per report (checkpoint)"
             )
-        wants_random = metric.endswith(RANDOM_SUFFIX)
+        if cfg.eval.fid_protocol != protocol:
+            raise ConfigError(
+                f"space {space.name!r}: metric {metric!r} is the {protocol} protocol but trial "
+                f"{t.index} sets eval.fid_protocol={cfg.eval.fid_protocol!r}; rank by "
+                f"{metric_base}_{cfg.eval.fid_protocol}{RANDOM_SUFFIX if wants_random else ''}"
+            )
+        if not wants_random:
+            _check_standard_weights(space, metric, cfg, t.index)
         if wants_random and not cfg.eval.allow_random_features:
             raise ConfigError(
                 f"space {space.name!r}: metric {metric!r} needs eval.allow_random_features: true (trial {t.index})"
             )
         out.append(cfg)
     return out
+
+
+def _check_standard_weights(space: TuneSpace, metric: str, cfg: Any, index: int) -> None:
+    """A metric named for the standard network needs its weights: without them every trial
+    would report only `_random_inception` keys and the sweep would rank nothing."""
+    from mdir.metrics.features import resolve_weights
+
+    try:
+        found = resolve_weights(cfg.eval.inception_weights)
+    except FileNotFoundError as e:
+        raise ConfigError(
+            f"space {space.name!r}: trial {index}: eval.inception_weights: {e}"
+        ) from None
+    if found is None:
+        raise ConfigError(
+            f"space {space.name!r}: metric {metric!r} needs the standard FID Inception weights, "
+            "which are not installed here: run `mdir metrics weights import` (extra mdir[fid]), "
+            f"or rank by {metric}{RANDOM_SUFFIX} with eval.allow_random_features: true"
+        )

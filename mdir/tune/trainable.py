@@ -55,7 +55,7 @@ class ReportMetricToTune(UserCallback):
 
 def normalize_report(row: dict[str, Any]) -> dict[str, Any]:
     """Training reports evaluation results as ``eval/<key>``; Tune and the leaderboard use
-    the bare key (``eval/fid`` → ``fid``, ``eval/fid_random_inception`` → ``fid_random_inception``)."""
+    the bare key (``eval/fid_legacy`` → ``fid_legacy``, ``eval/fid_legacy_random_inception`` → ``fid_legacy_random_inception``)."""
     out = {k: v for k, v in row.items() if "/" not in k}
     for k, v in row.items():
         if k.startswith("eval/"):
