@@ -138,11 +138,11 @@ max_failures: 1
 
     board = summary["leaderboard"]
     assert [r["label"].split(",")[0] for r in board] == ["good", "slow", "broken"]
-    scores = [r["fid"] for r in board if r["fid"] is not None]
+    scores = [r["fid_legacy"] for r in board if r["fid_legacy"] is not None]
     assert scores == sorted(scores) and len(scores) == 2
-    assert board[2]["status"] == "error" and board[2]["fid"] is None  # raised, retried, skipped
+    assert board[2]["status"] == "error" and board[2]["fid_legacy"] is None  # raised, retried, skipped
     assert board[0]["status"] == "finished" and board[0]["eval_points"] == 3
-    assert "| rank | trial | label | fid |" in second_out  # leaderboard printed
+    assert "| rank | trial | label | fid_legacy |" in second_out  # leaderboard printed
 
     # the failing trial was retried (FailureConfig max_failures=1) and never stopped the sweep
     broken_tid = next(p.name for p in (sweep_dir / "toy_markers").iterdir() if p.name not in finished_first
