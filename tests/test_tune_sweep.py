@@ -140,7 +140,9 @@ max_failures: 1
     assert [r["label"].split(",")[0] for r in board] == ["good", "slow", "broken"]
     scores = [r["fid_legacy"] for r in board if r["fid_legacy"] is not None]
     assert scores == sorted(scores) and len(scores) == 2
-    assert board[2]["status"] == "error" and board[2]["fid_legacy"] is None  # raised, retried, skipped
+    assert (
+        board[2]["status"] == "error" and board[2]["fid_legacy"] is None
+    )  # raised, retried, skipped
     assert board[0]["status"] == "finished" and board[0]["eval_points"] == 3
     assert "| rank | trial | label | fid_legacy |" in second_out  # leaderboard printed
 
