@@ -223,6 +223,9 @@ def connect(
     if addr:
         if _is_loopback(addr):
             use_loopback()  # keep the loopback address the head advertises
+        # RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH may have been set after `ray` was imported
+        # (and its auth config cached): without this the client connects as 'disabled'
+        refresh_ray_auth_config()
         env_vars = job_env_vars(env)
         ray.init(
             address=addr,
