@@ -180,6 +180,7 @@ def test_worker_crash_resume_ddp_replicas_s3_and_mlflow_down(ray_cluster, s3_ser
         "method.name=cyclegan", f"data.uri={tmp_path}", f"storage.path={bucket}/runs", "storage.name=fake-crash",
         "storage.max_failures=1", "train.checkpoint_every=2", "train.log_every=2", "train.max_steps=0",
         f"mlflow.tracking_uri={_dead_uri()}", "mlflow.timeout_s=1", "mlflow.max_retries=0",
+        "mlflow.flush_timeout_s=5",
     ]  # fmt: skip
     dump = tmp_path / "dump"
     dump.mkdir()

@@ -180,6 +180,13 @@ class MlflowSection(StrictModel):
     buffer_size: int = Field(
         10000, ge=10, description="Tracking calls kept in memory while the server is unreachable."
     )
+    flush_timeout_s: float = Field(
+        120.0,
+        ge=0,
+        description="At the end of training, how long rank 0 waits for buffered tracking calls to "
+        "reach a server that is down or restarting (what is still buffered then is reported as "
+        "not delivered). Training itself never waits on MLflow.",
+    )
 
 
 class TrainJobConfig(StrictModel):

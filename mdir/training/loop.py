@@ -598,7 +598,7 @@ def _finish(
             ),
             timeout=max(60.0, 6 * cfg.mlflow.timeout_s),
         )
-    tracker.close(flush_timeout=max(30.0, 3 * cfg.mlflow.timeout_s))
+    tracker.close(flush_timeout=cfg.mlflow.flush_timeout_s)
     out["mlflow_run_id"] = tracker.run_id
     if model_uri:
         out["model_uri"] = model_uri
