@@ -25,7 +25,6 @@ Protocols (`EvalConfig.fid_protocol`), uint8 RGB in:
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception as tvi
 
+from mdir.checksum import sha256_file
 from mdir.metrics.naming import RANDOM_LABEL, STANDARD_LABEL
 
 INPUT_SIZE = 299
@@ -204,14 +204,6 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items() if not k.startswith("AuxLogits.")}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_rgb(img: np.ndarray) -> np.ndarray:
     a = np.asarray(img)
     if a.ndim == 2:
@@ -325,7 +317,7 @@ class FeatureExtractor:
 
                 digest = verify_sidecar(path)
             else:
-                digest = _sha256(path)
+                digest = sha256_file(path)
             sd = load_state_dict_file(path)
             missing, unexpected = net.load_state_dict(sd, strict=False)
             # ports made before BatchNorm counted batches lack num_batches_tracked: harmless;

