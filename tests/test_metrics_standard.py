@@ -53,7 +53,9 @@ def test_converted_weights_give_the_torchscript_features(standard_fid_weights):
     assert ext.label == "inception" and not ext.has_logits
     imgs = _scenes(4, "day", 128) + _scenes(4, "night", 160, seed=3)
     x = torch.stack([legacy_input(i) for i in imgs])  # [8, 3, 299, 299] in [-1, 1]
-    assert x.shape == (8, 3, 299, 299) and float(x.min()) >= -1 and float(x.max()) <= 1
+    # [-1, 1] up to float rounding of the bilinear resize (1.0000002 seen with 2 threads)
+    assert x.shape == (8, 3, 299, 299) and float(x.min()) >= -1 - 1e-6
+    assert float(x.max()) <= 1 + 1e-6
     ours = ext.forward_inputs(x).pool
     with torch.no_grad():
         ref = _torchscript(find_torchscript())(x).numpy()
