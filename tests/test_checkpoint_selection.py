@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -25,12 +24,7 @@ TINY = str(Path(__file__).parents[1] / "jobs" / "configs" / "test_tiny.yaml")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
-def _dead_uri() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
+_dead_uri = training_fakes.dead_uri
 
 
 def _sha(p: Path) -> str:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -24,12 +23,7 @@ TINY = str(Path(__file__).parents[1] / "jobs" / "configs" / "test_tiny.yaml")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
-def _dead_uri() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there any more
-    return f"http://127.0.0.1:{port}"
+_dead_uri = training_fakes.dead_uri
 
 
 # ----------------------------------------------------------------------------- no cluster

@@ -186,3 +186,14 @@ class RandomPlan:
         return rng.integers(0, 256, (n, self.size, self.size, 3), dtype=np.uint8), rng.integers(
             0, 256, (n, self.size, self.size, 3), dtype=np.uint8
         )
+
+
+def dead_uri() -> str:
+    """An http URL on 127.0.0.1 where nothing listens (a tracking server that is down)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there any more
+    return f"http://127.0.0.1:{port}"
