@@ -9,7 +9,9 @@ from the same geometry:
 
 * day: bright, blue sky, sun shading;
 * dusk: warm low light, orange sky, some lit windows;
-* night: dark, lit windows and glowing street lamps;
+* night: dark blue ambient light, street lamps that light the ground and facades around
+  them (Σ cos θ / (1 + d²) over the lamps) and glow, a random share of windows lit, and
+  a noisier exposure — every light source sits on the place's geometry;
 * snow: white ground and roofs, pale sky, flakes;
 * rain: grey, wet dark road, streaks, blur.
 
@@ -133,11 +135,15 @@ def _trace(scene: _Scene, origin: np.ndarray, dirs: np.ndarray) -> _Geometry:
     return _Geometry(t, kind, k, normal, point, p)
 
 
+#: Lamp power per condition (× `_lamp_irradiance`) and its warm sodium-like colour.
+LAMP_POWER = {"night": 6.0, "dusk": 3.0}
+LAMP_COLOUR = np.array([1.0, 0.80, 0.50])
+
 _PALETTE = {
     #        sky top          sky horizon       light colour       ambient  sun
     "day": ((0.30, 0.50, 0.90), (0.70, 0.82, 0.95), (1.00, 0.98, 0.92), 0.45, 0.65),
     "dusk": ((0.25, 0.20, 0.45), (0.98, 0.55, 0.30), (1.00, 0.62, 0.35), 0.22, 0.35),
-    "night": ((0.01, 0.01, 0.04), (0.05, 0.05, 0.10), (0.35, 0.40, 0.60), 0.06, 0.0),
+    "night": ((0.01, 0.015, 0.05), (0.07, 0.06, 0.10), (0.35, 0.40, 0.60), 0.10, 0.0),
     "snow": ((0.72, 0.74, 0.78), (0.88, 0.89, 0.91), (0.95, 0.97, 1.00), 0.65, 0.25),
     "rain": ((0.38, 0.40, 0.43), (0.55, 0.57, 0.60), (0.75, 0.78, 0.82), 0.40, 0.10),
 }
@@ -168,6 +174,8 @@ def _shade(
     sun_dir /= np.linalg.norm(sun_dir)
     lambert = np.clip(g.normal @ sun_dir, 0, 1)
     lum = (ambient + sun * lambert)[:, None] * light
+    if cond in LAMP_POWER:
+        lum = lum + LAMP_POWER[cond] * _lamp_irradiance(scene, g)[:, None] * LAMP_COLOUR
     # ground: road, lane marks, pavement
     gm = g.kind == 1
     gx, gy = g.point[gm, 0], g.point[gm, 1]
@@ -221,8 +229,24 @@ def _shade(
         img[m] = 1.0
     if cond == "rain":
         img = _rain(img, rng)
-    img = img * rng.uniform(0.92, 1.08) + rng.normal(0, 0.012, img.shape)
+    noise = 0.03 if cond == "night" else 0.012  # a night exposure is noisier
+    img = img * rng.uniform(0.92, 1.08) + rng.normal(0, noise, img.shape)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _lamp_irradiance(scene: _Scene, g: _Geometry) -> np.ndarray:
+    """Street-lamp light reaching each hit point: Σ_lamps cos θ / (1 + d²), d in metres from
+    the lamp head, θ between the surface normal and the lamp (0 for sky and shadowed faces),
+    so pools of light sit under the lamps and on the facades beside them."""
+    out = np.zeros(g.t.shape[0])
+    hit = g.kind > 0
+    if not hit.any() or len(scene.lamps) == 0:
+        return out
+    to_lamp = scene.lamps[None, :, :] - g.point[hit][:, None, :]  # [P, L, 3]
+    d2 = (to_lamp**2).sum(-1)
+    cos = np.clip((to_lamp * g.normal[hit][:, None, :]).sum(-1) / np.sqrt(d2 + 1e-9), 0, 1)
+    out[hit] = (cos / (1.0 + d2)).sum(-1)
+    return out
 
 
 def _lamp_glow(
@@ -283,31 +307,62 @@ def _split_of(pose_index: int, poses: int) -> str:
     return "train"
 
 
-def render_place(place: int, poses: int, conditions: list[str], size: int, seed: int) -> list[dict]:
-    """Rows (schema dicts without `id`) of one place: every pose under every condition."""
+@dataclass
+class _View:
+    cam_local: np.ndarray
+    yaw: float  # relative to the place's street axis
+    pitch: float
+    pose: list[float]  # world (x, y, z, qw, qx, qy, qz)
+
+
+def _place_views(place: int, poses: int, seed: int) -> tuple[_Scene, list[_View]]:
+    """The scene of `place` and its camera views (deterministic in seed and place)."""
     rng = np.random.default_rng([seed, place])
     scene = _make_scene(rng)
     base_yaw = rng.uniform(-math.pi, math.pi)
     origin = np.array([place * PLACE_SPACING_M, 0.0, 0.0])
-    rows = []
+    views = []
     for j in range(poses):
         r = MAX_OFFSET_M * math.sqrt(rng.uniform()) if j else 0.0
         a = rng.uniform(0, 2 * math.pi)
         dx, dy = r * math.cos(a), r * math.sin(a)
         dyaw = math.radians(rng.uniform(-MAX_YAW_DEG, MAX_YAW_DEG)) if j else 0.0
         pitch = math.radians(rng.uniform(-2.0, 4.0))
-        cam_local = np.array([dx, dy, CAMERA_HEIGHT_M])
-        g = _trace(scene, cam_local, _rays(size, dyaw, pitch))
         # world pose: rotate the local frame by base_yaw about z, translate to the place
         cb, sb = math.cos(base_yaw), math.sin(base_yaw)
         wx = origin[0] + cb * dx - sb * dy
         wy = origin[1] + sb * dx + cb * dy
         pose = [wx, wy, CAMERA_HEIGHT_M, *yaw_quaternion(base_yaw + dyaw)]
+        views.append(_View(np.array([dx, dy, CAMERA_HEIGHT_M]), dyaw, pitch, pose))
+    return scene, views
+
+
+def geometry_maps(place: int, poses: int, size: int, seed: int) -> list[np.ndarray]:
+    """Per pose, what each pixel sees (uint8 [size, size]: 0 sky, 1 ground, 2 facade,
+    3 roof, 4 lamp post) — the same geometry `render_place` shades under every condition."""
+    scene, views = _place_views(place, poses, seed)
+    n_lamps = len(scene.lamps)
+    out = []
+    for v in views:
+        g = _trace(scene, v.cam_local, _rays(size, v.yaw, v.pitch))
+        kind = g.kind.astype(np.uint8)
+        post = (kind >= 2) & (g.box >= len(scene.boxes) - n_lamps)
+        kind[post] = 4
+        out.append(kind.reshape(size, size))
+    return out
+
+
+def render_place(place: int, poses: int, conditions: list[str], size: int, seed: int) -> list[dict]:
+    """Rows (schema dicts without `id`) of one place: every pose under every condition."""
+    scene, views = _place_views(place, poses, seed)
+    rows = []
+    for j, v in enumerate(views):
+        g = _trace(scene, v.cam_local, _rays(size, v.yaw, v.pitch))
         for cond in conditions:
             crng = np.random.default_rng(
                 [seed, place, j, CONDITIONS.index(cond) if cond in CONDITIONS else 99]
             )
-            img = _shade(scene, g, cond, size, cam_local, dyaw, pitch, crng)
+            img = _shade(scene, g, cond, size, v.cam_local, v.yaw, v.pitch, crng)
             rows.append(
                 {
                     "image": img,
@@ -316,7 +371,7 @@ def render_place(place: int, poses: int, conditions: list[str], size: int, seed:
                     "condition": cond,
                     "place": place,
                     "place_name": f"synth-{place:05d}",
-                    "pose": pose,
+                    "pose": v.pose,
                     "split": _split_of(j, poses),
                     "source": f"synth://seed={seed}/place={place}/pose={j}/{cond}",
                     "pose_index": j,
