@@ -321,7 +321,10 @@ def test_cli_synth_inspect_json_and_grid(tmp_path):
     s = json.loads(res.output)
     assert s["rows"] == 16 and s["conditions"] == {"day": 8, "night": 8} and s["skipped"] == {}
     g = Image.open(tmp_path / "g.png")
-    assert g.size[1] == 2 * 96  # one row per condition
+    # one labelled row of 96 px tiles per condition, under a title line
+    assert 2 * 96 < g.size[1] < 3 * 96
+    left = np.asarray(g.convert("L"))[2 * 96 // 2 :, :20]
+    assert (left < 128).any()  # the row labels (condition names) left of the tiles
     res = r.invoke(app, ["data", "inspect", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "missing" in res.output
     res = r.invoke(

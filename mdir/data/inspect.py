@@ -32,9 +32,8 @@ def summary(uri: str) -> dict[str, Any]:
 def contact_sheet(
     uri: str, per_condition: int = 8, tile: int = 96, split: str | None = None
 ) -> np.ndarray:
-    """uint8 [rows·tile, cols·tile, 3]: one row of samples per condition (paired data:
+    """Labelled uint8 grid, one row of samples per condition (paired data:
     image and image_b side by side)."""
-    from PIL import Image
 
     from mdir.data.images import decode_rgb
     from mdir.data.shards import iter_tables
@@ -56,10 +55,12 @@ def contact_sheet(
                     lst.append(decode_rgb(b))
         if all(len(v) >= per_condition for v in picks.values()):
             break
-    cols = max((len(v) for v in picks.values()), default=1) or 1
-    sheet = np.full((max(len(picks), 1) * tile, cols * tile, 3), 255, np.uint8)
-    for r, (_c, imgs) in enumerate(sorted(picks.items())):
-        for k, img in enumerate(imgs):
-            small = np.asarray(Image.fromarray(img).resize((tile, tile), Image.Resampling.BILINEAR))
-            sheet[r * tile : (r + 1) * tile, k * tile : (k + 1) * tile] = small
-    return sheet
+    from mdir.viz import labelled_grid
+
+    names = sorted(c for c, v in picks.items() if v)
+    if not names:
+        return np.full((tile, tile, 3), 255, np.uint8)
+    cells = [picks[c] for c in names]
+    return labelled_grid(
+        cells, row_titles=names, title=f"{m.name}: one row per condition", tile=tile
+    )

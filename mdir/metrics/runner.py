@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 from mdir.metrics.config import EvalConfig
 from mdir.metrics.gan import GanEvalResult, compute_image_metrics
 from mdir.metrics.naming import MLFLOW_TAG
+from mdir.metrics.report import TranslationReport, translation_report
 
 log = logging.getLogger(__name__)
 
@@ -196,17 +197,17 @@ def training_eval_images(
     return ShardDataPlan(data, train_cfg.train.batch_size).eval_images(n)
 
 
-def evaluate_model(
+def _model_images(
     model_uri: str,
     data_uri: str,
     cfg: EvalConfig,
     source_conditions: list[str],
     target_conditions: list[str],
-    image_size: int | None = None,
-    device: str = "cpu",
-) -> tuple[GanEvalResult, dict]:
-    """Translate the `cfg.split` images of `source_conditions` with a registered generator
-    and compare with the real `target_conditions` images of the same split."""
+    image_size: int | None,
+    device: str,
+) -> tuple[Callable, np.ndarray, np.ndarray, np.ndarray | None, dict]:
+    """(translate, sources, real targets, references or None, info) of a registered
+    generator on `cfg.split`, read as in training when the run's config is known."""
     try:
         from mdir.training.registry import load_translator
     except ImportError as e:  # pragma: no cover - depends on the training area
@@ -214,7 +215,6 @@ def evaluate_model(
             "`--model` needs mdir.training.registry.load_translator (training area), which "
             f"could not be imported: {e}. Use --real/--fake folders instead."
         ) from e
-    from mdir.metrics.gan import evaluate_translation_detailed
 
     if not source_conditions or not target_conditions:
         raise ValueError(
@@ -243,7 +243,6 @@ def evaluate_model(
         r = reference.to(dev) if isinstance(reference, torch.Tensor) else None
         return translator.translate(x.to(dev), r).cpu()
 
-    res = evaluate_translation_detailed(translate, src_a, tgt_a, cfg, reference_images=ref)
     info = {
         "model_uri": model_uri,
         "model_version": translator.version,
@@ -255,7 +254,45 @@ def evaluate_model(
         "target": target_conditions,
         "images_from": images_from,
     }
+    return translate, src_a, tgt_a, ref, info
+
+
+def evaluate_model(
+    model_uri: str,
+    data_uri: str,
+    cfg: EvalConfig,
+    source_conditions: list[str],
+    target_conditions: list[str],
+    image_size: int | None = None,
+    device: str = "cpu",
+) -> tuple[GanEvalResult, dict]:
+    """Translate the `cfg.split` images of `source_conditions` with a registered generator
+    and compare with the real `target_conditions` images of the same split."""
+    from mdir.metrics.gan import evaluate_translation_detailed
+
+    translate, src_a, tgt_a, ref, info = _model_images(
+        model_uri, data_uri, cfg, source_conditions, target_conditions, image_size, device
+    )
+    res = evaluate_translation_detailed(translate, src_a, tgt_a, cfg, reference_images=ref)
     return res, info
+
+
+def report_model(
+    model_uri: str,
+    data_uri: str,
+    cfg: EvalConfig,
+    source_conditions: list[str],
+    target_conditions: list[str],
+    image_size: int | None = None,
+    device: str = "cpu",
+) -> tuple[TranslationReport, np.ndarray, np.ndarray, dict]:
+    """`translation_report` of a registered generator on `cfg.split`: untranslated vs
+    translated sources against the real targets. Also returns the sources and targets (the
+    report holds the translations) for a grid."""
+    translate, src_a, tgt_a, ref, info = _model_images(
+        model_uri, data_uri, cfg, source_conditions, target_conditions, image_size, device
+    )
+    return translation_report(translate, src_a, tgt_a, cfg, ref), src_a, tgt_a, info
 
 
 def _split_images(

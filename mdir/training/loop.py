@@ -194,6 +194,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     eval_step = -1  # the step `last_metrics` were measured at
     last_ckpt_step = step if restored is not None else -1
     t_window, n_window = time.perf_counter(), 0
+    t_run, step_run = t_window, None  # ETA: mean pace since the first logged step
     t_start = time.perf_counter()
     steps_run = 0
     t_first = t_start
@@ -277,14 +278,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 dt = time.perf_counter() - t_window
                 ips = n_window * images_per_step / max(dt, 1e-9)
                 loss_txt = " ".join(f"{k}={v:.4f}" for k, v in sorted(last_losses.items()))
+                if step_run is None:
+                    t_run, step_run = time.perf_counter(), step
                 log.info(
-                    "step %d/%d epoch %d/%d %s | %.1f images/s",
+                    "step %d/%d epoch %d/%d %s | %.1f images/s%s",
                     step,
                     total_steps,
                     epoch + 1,
                     epochs,
                     loss_txt,
                     ips,
+                    eta_text(step - step_run, time.perf_counter() - t_run, total_steps - step),
                 )
                 if tracker is not None:
                     tracker.log_metrics(
@@ -476,17 +480,40 @@ def _translate(method: Any, src: torch.Tensor, ref: torch.Tensor | None) -> torc
     return out.float().cpu()
 
 
-def save_grid(
-    path: str | Path, src: torch.Tensor, out: torch.Tensor, tgt: torch.Tensor | None
-) -> str:
-    """PNG with one row per sample: source | translation | target ([-1, 1] → uint8)."""
-    from PIL import Image
+def eta_text(done: int, seconds: float, remaining: int) -> str:
+    """' | ETA 4m10s' at the mean pace of `done` steps in `seconds` ('' before any)."""
+    if done <= 0 or seconds <= 0:
+        return ""
+    left = int(remaining * seconds / done)
+    return f" | ETA {left // 60}m{left % 60:02d}s"
+
+
+def grid_image(
+    src: torch.Tensor, out: torch.Tensor, tgt: torch.Tensor | None, title: str | None = None
+) -> np.ndarray:
+    """Labelled grid, one row per sample: source | translation | target ([-1, 1] → uint8)."""
+    from mdir.viz import labelled_grid
+
+    def u8(t: torch.Tensor) -> np.ndarray:
+        return ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
     cols = [src, out] + ([tgt] if tgt is not None else [])
-    rows = [torch.cat([c[i] for c in cols], dim=2) for i in range(src.shape[0])]
-    grid = torch.cat(rows, dim=1)
-    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(arr).save(path)
+    names = ["source", "translation"] + (["target / reference"] if tgt is not None else [])
+    cells = [[u8(c[i].float().cpu()) for c in cols] for i in range(src.shape[0])]
+    return labelled_grid(cells, names, title=title)
+
+
+def save_grid(
+    path: str | Path,
+    src: torch.Tensor,
+    out: torch.Tensor,
+    tgt: torch.Tensor | None,
+    title: str | None = None,
+) -> str:
+    """`grid_image` as a PNG at `path`."""
+    from PIL import Image
+
+    Image.fromarray(grid_image(src, out, tgt, title)).save(path)
     return str(path)
 
 
@@ -498,11 +525,15 @@ def _log_samples(
     try:
         src, tgt = fixed
         out = _translate(method, src, tgt)
-        d = out_dir or tempfile.mkdtemp(prefix="mdir-samples-")
-        path = save_grid(os.path.join(d, f"samples_step{step:07d}.png"), src, out, tgt)
-        if tracker is not None:
-            tracker.log_artifact(path, "samples")
-        return path
+        name = f"samples_step{step:07d}.png"
+        if out_dir is not None:  # kept: the final grid the job reports
+            path = save_grid(os.path.join(out_dir, name), src, out, tgt, title=f"step {step}")
+            if tracker is not None:
+                tracker.log_artifact(path, "samples")
+            return path
+        if tracker is not None:  # intermediate grids go to MLflow only (no file left behind)
+            tracker.log_image(grid_image(src, out, tgt, title=f"step {step}"), f"samples/{name}")
+        return None
     except Exception as e:
         log.warning("sample grid at step %d failed: %s", step, e)
         return None

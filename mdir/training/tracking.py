@@ -129,6 +129,10 @@ class Tracker:
             lambda c, rid: c.log_artifact(rid, local_path, artifact_path),
         )
 
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        """A uint8 HWC array as a PNG artifact (held in memory until sent: no temp file)."""
+        self.submit(f"image {artifact_file}", lambda c, rid: c.log_image(rid, image, artifact_file))
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self.submit(f"text {artifact_file}", lambda c, rid: c.log_text(rid, text, artifact_file))
 
