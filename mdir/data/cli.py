@@ -33,6 +33,12 @@ def synth_cmd(
     paired: str = typer.Option(
         "", help="Write a paired dataset instead, e.g. 'day,night' (pix2pix)."
     ),
+    held_out: int = typer.Option(
+        0,
+        "--held-out-places",
+        help="Keep the last N places out of train/val/test: splits 'query' (their last pose) "
+        "and 'database' (the other poses), for retrieval on places training never saw.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON."),
 ) -> None:
     """Render the synthetic multi-condition dataset (nothing downloaded)."""
@@ -52,6 +58,7 @@ def synth_cmd(
             seed=seed,
             poses_per_place=poses,
             paired=pair,
+            held_out_places=held_out,
         )  # type: ignore[arg-type]
     except (ValueError, DataPathError) as e:
         _fail(str(e))

@@ -299,7 +299,9 @@ def yaw_quaternion(yaw: float) -> tuple[float, float, float, float]:
     return (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
 
 
-def _split_of(pose_index: int, poses: int) -> str:
+def _split_of(pose_index: int, poses: int, held_out: bool = False) -> str:
+    if held_out:  # a place never seen in training: its last pose queries the others
+        return "query" if pose_index == poses - 1 else "database"
     if poses >= 2 and pose_index == poses - 1:
         return "test"
     if poses >= 3 and pose_index == poses - 2:
@@ -352,8 +354,11 @@ def geometry_maps(place: int, poses: int, size: int, seed: int) -> list[np.ndarr
     return out
 
 
-def render_place(place: int, poses: int, conditions: list[str], size: int, seed: int) -> list[dict]:
-    """Rows (schema dicts without `id`) of one place: every pose under every condition."""
+def render_place(
+    place: int, poses: int, conditions: list[str], size: int, seed: int, held_out: bool = False
+) -> list[dict]:
+    """Rows (schema dicts without `id`) of one place: every pose under every condition
+    (`held_out`: splits ``query`` / ``database`` instead of train / val / test)."""
     scene, views = _place_views(place, poses, seed)
     rows = []
     for j, v in enumerate(views):
@@ -372,7 +377,7 @@ def render_place(place: int, poses: int, conditions: list[str], size: int, seed:
                     "place": place,
                     "place_name": f"synth-{place:05d}",
                     "pose": v.pose,
-                    "split": _split_of(j, poses),
+                    "split": _split_of(j, poses, held_out),
                     "source": f"synth://seed={seed}/place={place}/pose={j}/{cond}",
                     "pose_index": j,
                 }
@@ -390,11 +395,15 @@ def synthesize(
     paired: tuple[str, str] | None = None,
     rows_per_shard: int = 256,
     quality: int = 90,
+    held_out_places: int = 0,
 ) -> Manifest:
     """Render the dataset and write shards + manifest to `out` (local path or s3://).
 
     `paired=("day", "night")` writes a paired dataset instead (pix2pix): one row per pose
     with ``image`` under the first and ``image_b`` under the second condition.
+    `held_out_places=K` keeps the last K places out of train / val / test: their last pose
+    goes to split ``query`` and the others to ``database``, so retrieval is evaluated on
+    places that training never saw (the thesis protocol on the built-in data).
     Deterministic: the same arguments give byte-identical shards.
     """
     import hashlib
@@ -405,6 +414,11 @@ def synthesize(
         raise ValueError(f"unknown synthetic condition(s) {unknown}; choose from {list(_PALETTE)}")
     if places < 1 or poses_per_place < 1 or size < 8:
         raise ValueError("places, poses_per_place must be ≥ 1 and size ≥ 8")
+    if not 0 <= held_out_places < places or (held_out_places and poses_per_place < 2):
+        raise ValueError(
+            f"held_out_places must be in [0, places) and needs ≥ 2 poses per place "
+            f"(got {held_out_places} of {places} places, {poses_per_place} poses)"
+        )
     io.check_reachable(out, must_exist=False)
     io.makedirs(out)
     render_conds = list(paired) if paired else conditions
@@ -420,7 +434,8 @@ def synthesize(
             shards.append(write_shard(out, f"part-{len(shards):05d}.parquet", rows_to_table(chunk)))
 
     for p in range(places):
-        place_rows = render_place(p, poses_per_place, render_conds, size, seed)
+        held = p >= places - held_out_places
+        place_rows = render_place(p, poses_per_place, render_conds, size, seed, held)
         if paired:
             by_pose: dict[int, dict[str, dict]] = {}
             for r in place_rows:
@@ -447,9 +462,11 @@ def synthesize(
     flush(final=True)
     manifest = Manifest(
         name=f"synth-p{places}-s{size}-seed{seed}"
+        + (f"-h{held_out_places}" if held_out_places else "")
         + (f"-{paired[0]}2{paired[1]}" if paired else ""),
         layout="synth",
-        source=f"synth://places={places},poses={poses_per_place},size={size},seed={seed}",
+        source=f"synth://places={places},poses={poses_per_place},size={size},seed={seed}"
+        + (f",held_out={held_out_places}" if held_out_places else ""),
         paired=bool(paired),
         conditions=[paired[0]] if paired else conditions,
         counts=counts,
@@ -459,6 +476,7 @@ def synthesize(
             "size": size,
             "seed": seed,
             "paired_with": paired[1] if paired else None,
+            "held_out_places": held_out_places,
         },
     )
     remove_stale_shards(out, shards)
