@@ -185,3 +185,53 @@ def test_gan_augmented_training_one_vs_two_workers(synth, tmp_path, ray_cluster,
     assert doc["model_version"] is not None
     # same network, same data → the job's final metrics
     assert doc["metrics"]["recall_at_1/night"] == pytest.approx(r2.metrics["recall_at_1/night"])
+
+
+def test_compare_over_seeds_same_plan_and_mean_std(synth, tmp_path, mlflow_server):
+    """`mdir retrieval compare`: per seed both arms follow the recorded plan (same seed, same
+    drawn queries/pools, same steps), only the augmented arm translates (counted), and the
+    table is the mean ± sample std of the per-seed values."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from mdir.cli import app
+
+    gen_uri, _ = _register_tiny_cyclegan(synth, tmp_path, "mdir-cyclegan-rsynth-cmp", "candidate")
+    cfg = _cfg(synth, tmp_path, augment__generator=gen_uri, mlflow__experiment="retrieval-cmp")
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(
+        app,
+        [
+            "retrieval",
+            "compare",
+            "--config",
+            str(path),
+            "--seeds",
+            "3,4",
+            "--local",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "compare.json").read_text())
+    draws = []
+    for d, seed in zip(doc["per_seed"], (3, 4), strict=True):
+        base, gan = d["plan"]["baseline"], d["plan"]["gan"]
+        assert d["seed"] == seed and d["same_plan"] and base == gan and len(base) == 1
+        assert base[0]["seed"] == seed and base[0]["steps"] == 2
+        draws.append(base[0]["draw"])
+        assert d["augment"]["applied"] > 0 and d["augment"]["seen"] >= d["augment"]["applied"]
+        assert "augment/applied" not in d["baseline"]["metrics"]
+    assert draws[0] != draws[1]  # the seed changes the plan; the arm does not
+    rows = {r["metric"]: r for r in doc["summary"]["rows"]}
+    r = rows["recall_at_1/night"]
+    vals = [d["gan"]["metrics"]["recall_at_1/night"] for d in doc["per_seed"]]
+    assert r["gan"][0] == pytest.approx(np.mean(vals))
+    assert r["gan"][1] == pytest.approx(np.std(vals, ddof=1))
+    assert "map/night" in rows and "map/day" in rows
+    md = (out / "compare.md").read_text()
+    assert "night recall@1" in md and "±" in md and "Verdict" in md
+    assert (out / "recall.png").stat().st_size > 1000

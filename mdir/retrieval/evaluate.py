@@ -151,7 +151,8 @@ def compute_metrics(
 ) -> dict[str, float]:
     """Metrics from descriptors (queries [Q, D], database [N, D]) — see the module docstring.
 
-    Keys (MLflow-safe: no "@"): ``recall_at_N/{all,day,night}``, ``map``, ``mp_at_k``, ``loc/{all,day,night}/<t>m_<r>deg``,
+    Keys (MLflow-safe: no "@"): ``recall_at_N/{all,day,night}``, ``map`` (+ ``map/{day,night}``
+    without revisited ground truth), ``mp_at_k``, ``loc/{all,day,night}/<t>m_<r>deg``,
     and ``eval/*`` counts. Queries without any positive in the database count as misses
     (NetVLAD / Tokyo 24/7 convention) and are reported in ``eval/queries_without_positive``.
     """
@@ -197,6 +198,11 @@ def compute_metrics(
         m = revisited_map(ranks[has_pos], gnd, "easy")
         out["map"] = m["map"]
         out.update({k.replace("@", "_at_"): v for k, v in m.items() if k.startswith("mp@")})
+        for name, sel in (("day", ~es.is_night), ("night", es.is_night)):
+            sel = sel & has_pos
+            if sel.any():
+                sub = [{"easy": pos[i], "hard": empty, "junk": empty} for i in np.flatnonzero(sel)]
+                out[f"map/{name}"] = revisited_map(ranks[sel], sub, "easy")["map"]
     poses = es.data.matching.pose
     qp, dp = poses[es.query_rows], poses[es.db_rows]
     if es.localize and np.isfinite(qp).all(axis=1).any():

@@ -23,6 +23,7 @@ in the final checkpoint; the driver (`run_training`) logs and registers it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -68,6 +69,9 @@ class RetrievalResult:
     augment: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     descriptors: dict[str, list] | None = None
+    #: per epoch: the seed, a digest of the drawn queries + pool, the steps (the comparison
+    #: checks that both arms followed the same plan)
+    plan: list[dict[str, Any]] = field(default_factory=list)
 
 
 def validate_before_launch(cfg: RetrievalJobConfig) -> ResolvedModel | None:
@@ -192,6 +196,7 @@ def run_training(
         augment=out.get("augment", {}),
         history=out.get("history", []),
         descriptors=out.get("descriptors"),
+        plan=out.get("plan", []),
     )
 
 
@@ -448,6 +453,7 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
     eligible_rows[data.rows_with_condition(cfg.augment.source_conditions)] = True
 
     start_epoch, history = 0, []
+    plan: list[dict[str, Any]] = []
     if env.resume_from is not None:  # resume (worker restart or re-submitted run name)
         from safetensors.torch import load_file
 
@@ -495,6 +501,10 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
         steps = len(tuples) // B
         if cfg.optim.steps_per_epoch:
             steps = min(steps, cfg.optim.steps_per_epoch)
+        draw = hashlib.sha256(np.concatenate([queries, pool]).astype(np.int64).tobytes())
+        plan.append(
+            {"epoch": epoch, "seed": cfg.seed, "draw": draw.hexdigest()[:16], "steps": steps}
+        )
         if steps == 0:
             raise ValueError(
                 f"epoch {epoch}: only {len(tuples)} tuples mined, fewer than optim.batch_size={B}"
@@ -596,7 +606,12 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
     metrics = {**(history[-1] if history else {}), **final}
     tracker.metrics({k: v for k, v in final.items()}, step=cfg.optim.epochs)
 
-    out: dict[str, Any] = {"metrics": metrics, "history": history, "generator": gen_info}
+    out: dict[str, Any] = {
+        "metrics": metrics,
+        "history": history,
+        "generator": gen_info,
+        "plan": plan,
+    }
     if augmenter is not None:
         out["augment"] = {
             k: metrics.get(f"augment/{k}") for k in ("seen", "applied", "failed", "rate")
