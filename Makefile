@@ -12,7 +12,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 VENV := .venv
 RUN := $(UV) run --frozen --python $(PY)
 
-.PHONY: help install fid-weights uv test test-quarantine test-fast lint demo demo-down demo-tune demo-retrieval drills clean
+.PHONY: help install fid-weights uv test test-quarantine test-fast lint demo demo-mduit demo-thesis demo-down demo-tune demo-retrieval drills clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,12 @@ lint: install ## ruff
 
 demo: fid-weights ## synthetic data -> Ray job -> MLflow model; leaves services running
 	$(RUN) python -m mdir.demo up
+
+demo-mduit: fid-weights ## the same demo training MDUIT (the thesis method; slower, see README)
+	$(RUN) python -m mdir.demo up --method mduit
+
+demo-thesis: install ## after `make demo`: GAN augmentation vs baseline on night retrieval, 3 seeds (~15 min)
+	$(RUN) python -m mdir.demo thesis
 
 demo-down: ## stop exactly what `make demo` started
 	$(RUN) python -m mdir.demo down

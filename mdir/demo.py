@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,15 +63,20 @@ UPLOAD_EXCLUDES = [
     "*.pyc",
 ]
 
-MDUIT_JOB = "jobs/mduit.py"
-MDUIT_CONFIG = "jobs/configs/mduit_demo.yaml"
+#: What `up --method M` submits: (job file, config). CycleGAN is the default because it
+#: translates visibly within the demo's ~8 minutes on 2 cores; MDUIT does not yet (README).
+DEMO_JOBS: dict[str, tuple[str, str]] = {
+    "cyclegan": ("jobs/cyclegan.py", "jobs/configs/cyclegan_demo.yaml"),
+    "mduit": ("jobs/mduit.py", "jobs/configs/mduit_demo.yaml"),
+}
 TUNE_JOB = "jobs/tune.py"
 TUNE_SPACE = "tune_spaces/demo.yaml"
 RETRIEVAL_JOB = "jobs/retrieval.py"
 RETRIEVAL_CONFIG = "jobs/configs/retrieval_demo.yaml"
 
-#: Synthetic demo dataset: 32 px, 16 places x 4 poses x 5 conditions (320 images).
-SYNTH_ARGS: dict[str, Any] = {"places": 16, "size": 32, "seed": 0, "poses_per_place": 4}
+#: Synthetic demo dataset: 64 px, 64 places x 5 poses x 5 conditions (1600 images); per
+#: condition 192 train, 64 val and 64 test images (one pose per place in val and test).
+SYNTH_ARGS: dict[str, Any] = {"places": 64, "size": 64, "seed": 0, "poses_per_place": 5}
 
 
 # ------------------------------------------------------------------ small helpers
@@ -192,10 +198,34 @@ def submit_job(
         for line in proc.stdout:
             log.write(line)
             lines.append(line)
-            sys.stdout.write("  | " + line)
-            sys.stdout.flush()
+            shown = shown_line(line)
+            if shown is not None:
+                sys.stdout.write("  | " + shown + "\n")
+                sys.stdout.flush()
         rc = proc.wait()
     return rc, "".join(lines)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAY_PREFIX = re.compile(r"^\((\w+) pid=\d+\)\s*")
+_RAY_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+")
+
+
+def shown_line(line: str) -> str | None:
+    """What the demo prints of a job-output line (the job log keeps every line): mdir's own
+    log lines without Ray's actor prefix, the job's outcome, and anything that looks like a
+    failure. None = log only (Ray's start-up, packaging, deprecation and type-hint noise)."""
+    text = _ANSI.sub("", line).rstrip()
+    text = _RAY_PREFIX.sub("", text)
+    if " mdir" in text and any(f" {lvl} " in text for lvl in ("INFO", "WARNING", "ERROR")):
+        return _RAY_STAMP.sub("", text)
+    if text.startswith("MDIR_RESULT") or text.startswith("{"):
+        return None  # the result is summarised at the end
+    if re.search(r"Job '\S+' (succeeded|failed|stopped)", text):
+        return _RAY_STAMP.sub("", text).split(" -- ", 1)[-1]
+    if "Traceback" in text or re.match(r"^\w*(Error|Exception)\b", text):
+        return text
+    return None
 
 
 def _last_json(text: str) -> dict[str, Any] | None:
@@ -230,6 +260,13 @@ def make_data(out: Path) -> tuple[str | None, str | None]:
 
         manifest = read_manifest(str(data)) if (data / "manifest.json").exists() else None
     except Exception:  # noqa: BLE001 — unreadable old manifest: regenerate
+        manifest = None
+    wanted = {"size": SYNTH_ARGS["size"], "poses_per_place": SYNTH_ARGS["poses_per_place"]}
+    if manifest is not None and (
+        any(manifest.extra.get(k) != v for k, v in wanted.items())
+        or f"-p{SYNTH_ARGS['places']}-" not in manifest.name
+    ):
+        _say(f"  {data} was made with other settings ({manifest.name}): rendering it again")
         manifest = None
     if manifest is None or manifest.rows == 0:
         args = ", ".join(f"{k}={v}" for k, v in SYNTH_ARGS.items())
@@ -268,31 +305,47 @@ PortOpt = typer.Option(
 )
 
 
+MethodOpt = typer.Option(
+    "cyclegan",
+    "--method",
+    help="cyclegan (default: translates within the demo's ~8 min on 2 cores) or mduit "
+    "(the thesis method; still a blur in that budget, see the README).",
+)
+
+
 @app.command()
 def up(
     state_dir: Path | None = StateOpt,
     out: Path | None = OutOpt,
     mlflow_port: int | None = PortOpt,
+    method: str = MethodOpt,
     skip_job: bool = typer.Option(
         False, "--skip-job", help="Start services and make the data, but submit no training job."
     ),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Override train.max_steps (shorter runs, e.g. for a smoke test)."
+    ),
 ) -> None:
-    """Start Ray + MLflow (unless running), make the data, train a tiny MDUIT, show results."""
+    """Start Ray + MLflow (unless running), make the data, train day→night, show results."""
+    if method not in DEMO_JOBS:
+        raise typer.BadParameter(f"--method must be one of {sorted(DEMO_JOBS)}, not {method!r}")
+    job_file, job_config = DEMO_JOBS[method]
     root = _repo_root()
     state = _state_dir(state_dir, root)
     outd = _out_dir(out, root)
     outd.mkdir(parents=True, exist_ok=True)
     port = _mlflow_port(mlflow_port)
-    n = 4
+    n = 5
     t0 = time.monotonic()
+    phases: dict[str, float] = {}
     _step(1, n, f"services (state in {state})")
     try:
-        head, mlflow = ensure_services(state, port)
+        (head, mlflow), phases["services"] = _timed(ensure_services, state, port)
     except services.ServiceError as e:
         _say(f"  could not start the services: {e}")
         raise typer.Exit(1) from e
     _step(2, n, "synthetic dataset")
-    data_uri, grid = make_data(outd)
+    (data_uri, grid), phases["data"] = _timed(make_data, outd)
     if data_uri is None:
         _say("\nThe demo stops here: no dataset. Services are left running (`make demo-down`).")
         return
@@ -302,38 +355,99 @@ def up(
         "mlflow_ui": mlflow.uri,
         "dataset": data_uri,
         "dataset_grid": grid,
+        "method": method,
+        "phases_s": phases,
     }
-    _step(3, n, "MDUIT training job (ray job submit)")
-    missing = [p for p in (MDUIT_JOB, MDUIT_CONFIG) if not (root / p).exists()]
+    _step(3, n, f"{method} training job (ray job submit; Ray's full output: the job log)")
+    missing = [p for p in (job_file, job_config) if not (root / p).exists()]
     if skip_job or missing:
         why = "--skip-job" if skip_job else f"not in this checkout yet: {', '.join(missing)}"
         _say(f"  skipped ({why}). The dataset above is ready for it.")
-    else:
-        run_name = time.strftime("demo-%Y%m%d-%H%M%S")
-        entry = [
-            "python",
-            MDUIT_JOB,
-            "--config",
-            MDUIT_CONFIG,
-            f"data.uri={data_uri}",
-            f"storage.path={outd / 'runs'}",
-            f"storage.name={run_name}",
-        ]
-        rc, text = submit_job(head, root, entry, _job_env(mlflow, data_uri), outd / "mduit_job.log")
-        job = _last_json(text) or {}
-        grid_src = job.get("sample_grid")
-        if grid_src and Path(grid_src).is_file():  # keep a copy next to the other outputs
-            shutil.copyfile(grid_src, outd / "sample_grid.png")
-            job["sample_grid"] = str(outd / "sample_grid.png")
-            job["sample_grid_origin"] = grid_src
-        result["job"] = {"rc": rc, "log": str(outd / "mduit_job.log"), **job}
-        if rc != 0 or job.get("error"):
-            _write_result(outd, result)
-            _say(f"\n  the training job failed (exit {rc}): see {outd / 'mduit_job.log'}")
-            raise typer.Exit(1)
-    _step(4, n, f"done in {time.monotonic() - t0:.0f} s — where to look")
+        _write_result(outd, result)
+        return
+    run_name = time.strftime(f"demo-{method}-%Y%m%d-%H%M%S")
+    entry = ["python", job_file, "--config", job_config, f"data.uri={data_uri}",
+             f"storage.path={outd / 'runs'}", f"storage.name={run_name}"]  # fmt: skip
+    if steps:
+        entry.append(f"train.max_steps={steps}")
+    log_file = outd / f"{method}_job.log"
+    (rc, text), phases["training job"] = _timed(
+        submit_job, head, root, entry, _job_env(mlflow, data_uri), log_file
+    )
+    job = _last_json(text) or {}
+    grid_src = job.get("sample_grid")
+    if grid_src and Path(grid_src).is_file():  # keep a copy next to the other outputs
+        shutil.copyfile(grid_src, outd / "sample_grid.png")
+        job["sample_grid"] = str(outd / "sample_grid.png")
+        job["sample_grid_origin"] = grid_src
+    result["job"] = {"rc": rc, "log": str(log_file), **job}
+    if rc != 0 or job.get("error"):
+        _write_result(outd, result)
+        _say(f"\n  the training job failed (exit {rc}): see {log_file}")
+        raise typer.Exit(1)
+    _step(4, n, "did it translate? held-out test images, untranslated vs translated")
+    report, phases["report"] = _timed(_held_out_report, job, data_uri, outd, mlflow)
+    if report:
+        result["report"] = report
+    _step(5, n, f"done in {time.monotonic() - t0:.0f} s — where to look")
+    result["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
+    _say("  phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()))
     _write_result(outd, result)
     _print_summary(result, head, state)
+
+
+def _held_out_report(
+    job: dict[str, Any], data_uri: str, outd: Path, mlflow: services.MLflowServer
+) -> dict[str, Any] | None:
+    """FID/KID + luminance + colour histograms of real day vs real night and translated day
+    vs real night on the test split; a labelled grid of places; both logged to the run."""
+    model_uri = job.get("model_uri")
+    if not model_uri:
+        _say("  no registered model (MLflow unreachable?): no report")
+        return None
+    os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow.uri)
+    from PIL import Image
+
+    from mdir.metrics.config import EvalConfig
+    from mdir.metrics.runner import report_model
+    from mdir.viz import labelled_grid
+
+    cfg = EvalConfig(metrics=["fid", "kid"], split="test", allow_random_features=True,
+                     batch_size=32, kid_subsets=50, kid_subset_size=32, device="cpu")  # fmt: skip
+    rep, rows, info = report_model(model_uri, data_uri, cfg, ["day"], ["night"], examples=8)
+    md = rep.markdown("day", "night")
+    _say("\n" + "\n".join("  " + line for line in md.splitlines()))
+    grid = labelled_grid(
+        rows,
+        ["day (source)", "translated", "night (real)"],
+        row_titles=[f"place {i + 1}" for i in range(len(rows))],
+        title=f"{info['method']} {model_uri}: held-out test poses, same place and pose per row",
+    )
+    grid_path = outd / "heldout_grid.png"
+    Image.fromarray(grid).save(grid_path)
+    (outd / "heldout_report.md").write_text(md + "\n")
+    out = {
+        **rep.as_dict(),
+        "grid": str(grid_path),
+        "model_uri": model_uri,
+        "run_id": info["run_id"],
+    }
+    (outd / "heldout_report.json").write_text(json.dumps(out, indent=2, default=str))
+    _say(f"  grid: {grid_path}")
+    run_id = info.get("run_id")
+    if run_id:
+        try:
+            from mlflow import MlflowClient
+
+            c = MlflowClient(mlflow.uri)
+            c.log_artifact(run_id, str(grid_path), "report")
+            c.log_text(run_id, md + "\n", "report/heldout_report.md")
+            for row, vals in rep.rows.items():
+                for key, v in vals.items():
+                    c.log_metric(run_id, f"heldout/{row}/{key}", float(v))
+        except Exception as e:  # noqa: BLE001 — the files above are the result
+            _say(f"  (could not log the report to MLflow: {e})")
+    return out
 
 
 def _write_result(outd: Path, result: dict[str, Any]) -> None:
@@ -349,6 +463,9 @@ def _print_summary(result: dict[str, Any], head: services.RayHead, state: Path) 
             f"  registered model  {job.get('model_uri') or '(not registered: MLflow unreachable?)'}"
         )
         _say(f"  sample grid       {job.get('sample_grid') or '(none)'}")
+        rep = result.get("report") or {}
+        if rep.get("grid"):
+            _say(f"  held-out grid     {rep['grid']}  (table: heldout_report.md)")
         metrics = job.get("metrics") or {}
         if metrics:
             shown = ", ".join(
@@ -492,6 +609,67 @@ def retrieval(
         _say(f"\nthe retrieval job failed (exit {rc}): see {outd / 'retrieval_job.log'}")
         raise typer.Exit(1)
     _say(f"\nresult: {outd / 'retrieval_result.json'}   MLflow UI: {mlflow.uri}")
+
+
+#: The thesis experiment's data: other places than the generator's (seed 1), 200 of them held
+#: out of retrieval training (queries + database), day and night only.
+THESIS_SYNTH: dict[str, Any] = {"places": 360, "size": 64, "seed": 1, "poses_per_place": 4,
+                                "conditions": ["day", "night"], "held_out_places": 200}  # fmt: skip
+THESIS_CONFIG = "jobs/configs/retrieval_thesis.yaml"
+
+
+@app.command()
+def thesis(
+    state_dir: Path | None = StateOpt,
+    out: Path | None = OutOpt,
+    mlflow_port: int | None = PortOpt,
+    seeds: str = typer.Option("0,1,2", help="Seeds (each trains a baseline and an augmented net)."),
+    generator: str = typer.Option(
+        "models:/mdir-cyclegan-synth@candidate", help="Registered day→night generator to use."
+    ),
+) -> None:
+    """After `up`: the thesis experiment — does GAN augmentation lift night retrieval?"""
+    root = _repo_root()
+    state = _state_dir(state_dir, root)
+    outd = _out_dir(out, root)
+    outd.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    _step(1, 3, "services")
+    head, mlflow = ensure_services(state, _mlflow_port(mlflow_port))
+    _step(2, 3, "held-out-places dataset (seed 1: places the generator never saw)")
+    data = outd / "thesis"
+    from mdir.data.manifest import read_manifest
+    from mdir.data.synth import synthesize
+
+    want = f"held_out={THESIS_SYNTH['held_out_places']}"
+    m = read_manifest(str(data)) if (data / "manifest.json").exists() else None
+    if m is None or want not in m.source or f"places={THESIS_SYNTH['places']}," not in m.source:
+        _say(f"  rendering {THESIS_SYNTH} → {data}")
+        m, dt = _timed(synthesize, str(data), **THESIS_SYNTH)
+        _say(f"  wrote {m.rows} images [{dt:.0f} s]")
+    _say("  splits: " + ", ".join(f"{sp}={sum(c.values())}" for sp, c in m.counts.items()))
+    _step(3, 3, f"baseline vs augmented retrieval, seeds {seeds} (in this process)")
+    cmd = [sys.executable, "-m", "mdir.cli", "retrieval", "compare", "--config", THESIS_CONFIG,
+           "--seeds", seeds, "--local", "--out", str(outd / "thesis_compare"),
+           "--set", f"data.uri={data}", "--set", f"augment.generator={generator}"]  # fmt: skip
+    env = {**os.environ, **mlflow.env}
+    log_file = outd / "thesis.log"
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if not line.startswith("{"):
+                sys.stdout.write("  " + line)
+                sys.stdout.flush()
+        rc = proc.wait()
+    if rc != 0:
+        _say(f"\nthe comparison failed (exit {rc}): see {log_file}")
+        raise typer.Exit(1)
+    _say(
+        f"\ndone in {time.monotonic() - t0:.0f} s; table: {outd / 'thesis_compare' / 'compare.md'}"
+    )
 
 
 def main() -> None:

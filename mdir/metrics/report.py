@@ -73,7 +73,7 @@ def translation_report(
     references: np.ndarray | torch.Tensor | None = None,
 ) -> TranslationReport:
     """Score the untranslated `sources` and their translations against the real `targets`
-    (uint8 [N, H, W, 3] or float NCHW in [−1, 1]) with one feature extractor and the same
+    (uint8, NHWC or NCHW) with one feature extractor and the same
     image count. FID and KID columns come from `cfg.metrics` ∩ {fid, kid}."""
     src, tgt = to_uint8_nhwc(sources), to_uint8_nhwc(targets)
     ref = to_uint8_nhwc(references) if references is not None else None

@@ -285,14 +285,60 @@ def report_model(
     target_conditions: list[str],
     image_size: int | None = None,
     device: str = "cpu",
-) -> tuple[TranslationReport, np.ndarray, np.ndarray, dict]:
-    """`translation_report` of a registered generator on `cfg.split`: untranslated vs
-    translated sources against the real targets. Also returns the sources and targets (the
-    report holds the translations) for a grid."""
+    examples: int = 8,
+) -> tuple[TranslationReport, list[list[np.ndarray]], dict]:
+    """`translation_report` of a registered generator on `cfg.split` (untranslated vs
+    translated sources against the real targets), plus up to `examples` rows
+    [source, translation, real target] of the same place and pose for a grid."""
     translate, src_a, tgt_a, ref, info = _model_images(
         model_uri, data_uri, cfg, source_conditions, target_conditions, image_size, device
     )
-    return translation_report(translate, src_a, tgt_a, cfg, ref), src_a, tgt_a, info
+    rep = translation_report(translate, src_a, tgt_a, cfg, ref)
+    rows = _same_pose_examples(
+        translate, data_uri, cfg.split, source_conditions, target_conditions,
+        src_a.shape[1], examples, cfg.batch_size, with_reference=ref is not None,
+    )  # fmt: skip
+    return rep, rows, info
+
+
+def _same_pose_examples(
+    translate: Callable,
+    data_uri: str,
+    split: str,
+    source_conditions: list[str],
+    target_conditions: list[str],
+    size: int,
+    k: int,
+    batch_size: int,
+    with_reference: bool,
+) -> list[list[np.ndarray]]:
+    """[source, translation, target] rows whose source and target show the same place from
+    the same pose (synthetic and other posed data); [] when the split has no such pairs."""
+    if k <= 0 or not is_shard_dataset(data_uri):
+        return []
+    from mdir.data.store import ShardImageStore
+    from mdir.metrics.gan import to_uint8_nhwc, translate_images
+
+    src = ShardImageStore(data_uri, split, size, conditions=source_conditions)
+    tgt = ShardImageStore(data_uri, split, size, conditions=target_conditions)
+    sm, tm = src.meta(), tgt.meta()
+    by_view = {
+        (int(p), tuple(np.round(q, 3))): i
+        for i, (p, q) in enumerate(zip(tm["place"], tm["pose"], strict=True))
+    }
+    pairs = []
+    for i, (p, q) in enumerate(zip(sm["place"], sm["pose"], strict=True)):
+        j = by_view.get((int(p), tuple(np.round(q, 3))))
+        if j is not None:
+            pairs.append((i, j))
+        if len(pairs) == k:
+            break
+    if not pairs:
+        return []
+    s_img = to_uint8_nhwc(src.load_uint8([int(src.ids()[i]) for i, _ in pairs]))
+    t_img = to_uint8_nhwc(tgt.load_uint8([int(tgt.ids()[j]) for _, j in pairs]))
+    fake = translate_images(translate, s_img, batch_size, t_img if with_reference else None)
+    return [[s_img[n], fake[n], t_img[n]] for n in range(len(pairs))]
 
 
 def _split_images(

@@ -138,7 +138,9 @@ def summarize_seeds(docs: list[dict[str, Any]]) -> dict[str, Any]:
         if r["metric"] == "map/night":
             spread = max(r["baseline"][1], r["gan"][1], r["delta"][1])
             gain = r["delta"][0]
-            if gain > spread:
+            if len(docs) < 2:
+                verdict = f"night mAP changes by {gain:+.3f} on one seed: no spread, no verdict (use ≥ 3 seeds)"
+            elif gain > spread:
                 verdict = f"augmentation lifts night mAP by {gain:+.3f}, more than the seeds' spread ({spread:.3f})"
             else:
                 verdict = f"no clear effect: night mAP changes by {gain:+.3f}, within the seeds' spread ({spread:.3f})"
