@@ -103,6 +103,11 @@ def test_method_trains_registers_and_translates(
         assert run.data.tags["mdir.feature_extractor"].startswith("random_inception")
     arts = {a.path for a in client.list_artifacts(r.mlflow_run_id)}
     assert {"samples", "checkpoint", "config", "model_card.md"} <= arts
+    # the run page: the dataset as the run's input and a description with the method
+    inputs = run.inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.source == data
+    assert inputs[0].dataset.name.startswith("synth-") and len(inputs[0].dataset.digest) == 16
+    assert f"**{method}**" in run.data.tags["mlflow.note.content"]
     mv = client.get_model_version_by_alias(f"mdir-{method}-synth-tests", "candidate")
     assert mv.run_id == r.mlflow_run_id
 

@@ -462,6 +462,45 @@ def _log_start(tracker: Any, cfg: TrainJobConfig, spe: int, world: int) -> None:
         }
     )
     tracker.log_text(dump_config(cfg), "config/resolved_config.yaml")
+    _log_dataset(tracker, cfg)
+    tracker.set_tags({"mlflow.note.content": run_description(cfg, spe * cfg.train.epochs)})
+
+
+def _log_dataset(tracker: Any, cfg: TrainJobConfig) -> None:
+    """Name, digest (sha256 of the manifest, first 16 hex) and URI of the training data."""
+    try:
+        import hashlib
+
+        from mdir.data import io
+        from mdir.data.manifest import MANIFEST_NAME, read_manifest
+
+        raw = io.read_bytes(io.join(cfg.data.uri, MANIFEST_NAME))
+        name = read_manifest(cfg.data.uri).name
+        tracker.log_dataset(name, hashlib.sha256(raw).hexdigest()[:16], cfg.data.uri)
+    except Exception as e:  # a description must not stop training
+        log.warning("dataset not logged as the run's input: %s", e)
+
+
+def run_description(
+    cfg: TrainJobConfig, steps: int, metrics: dict[str, float] | None = None
+) -> str:
+    """The MLflow run page's description: method, data, schedule and headline metrics."""
+    d = cfg.data
+    total = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
+    lines = [
+        f"**{cfg.method.name}** on `{d.uri}` ({d.mode}: {', '.join(d.domain_a or ['all'])} → "
+        f"{', '.join(d.domain_b or ['all'])}, {d.image_size} px), {total} steps × "
+        f"{cfg.train.batch_size} images × {cfg.scaling.num_workers} workers.",
+        "Sample grids: artifacts `samples/`; model card: `model_card.md`.",
+    ]
+    shown = {
+        k.removeprefix("eval/"): v for k, v in (metrics or {}).items() if k.startswith("eval/")
+    }
+    if shown:
+        lines.append(
+            "Final evaluation: " + ", ".join(f"{k} = {v:.4g}" for k, v in sorted(shown.items()))
+        )
+    return "\n\n".join(lines)
 
 
 def _fixed_samples(
@@ -615,7 +654,13 @@ def _finish(
         ckpt_dir, step, final_score, final_metrics, work
     )
     out["registered_step"] = reg_step
-    tracker.set_tags({"mdir.registered_step": str(reg_step), "mdir.final_step": str(step)})
+    tracker.set_tags(
+        {
+            "mdir.registered_step": str(reg_step),
+            "mdir.final_step": str(step),
+            "mlflow.note.content": run_description(cfg, step, final_metrics),
+        }
+    )
     tracker.log_text(registry.model_card(cfg, reg_metrics, reg_step), "model_card.md")
     model_uri = None
     if cfg.mlflow.register:

@@ -129,6 +129,19 @@ class Tracker:
             lambda c, rid: c.log_artifact(rid, local_path, artifact_path),
         )
 
+    def log_dataset(self, name: str, digest: str, source: str, context: str = "training") -> None:
+        """The dataset as the run's input (MLflow's Dataset panel: name, digest, URI)."""
+
+        def fn(c: Any, rid: str) -> None:
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            ds = Dataset(name=name, digest=digest, source_type="mdir", source=source)
+            c.log_inputs(
+                rid, datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", context)])]
+            )
+
+        self.submit(f"dataset {name}", fn)
+
     def log_image(self, image: Any, artifact_file: str) -> None:
         """A uint8 HWC array as a PNG artifact (held in memory until sent: no temp file)."""
         self.submit(f"image {artifact_file}", lambda c, rid: c.log_image(rid, image, artifact_file))
