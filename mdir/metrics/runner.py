@@ -1,6 +1,7 @@
 """Orchestration behind `mdir eval gan` and `jobs/evaluate.py`: load image sets (a folder
-of image files, or an mdir shard dataset by URI), translate an evaluation split with a
-registered generator, compute the metrics, log them (and the PRD plot) to MLflow.
+of image files, or an mdir shard dataset by URI), compute the metrics, log them (and the
+PRD plot) to MLflow. Translating a split with a registered generator is
+`mdir.evaluation.model` (it reads the training data plan, a layer above metrics).
 
 Bad image files are skipped and counted per reason, never fatal.
 """
@@ -14,7 +15,6 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -142,145 +142,6 @@ def evaluate_folders(
 def _as_array(s: ImageSet) -> np.ndarray | list[np.ndarray]:
     """Stacked when shapes agree (SSIM needs that), else the list (Inception resizes each)."""
     return np.stack(s.images) if len({im.shape for im in s.images}) == 1 else list(s.images)
-
-
-RESOLVED_CONFIG = "config/resolved_config.yaml"
-"""Artifact of every training run: the job config the run trained (and evaluated) with."""
-
-
-def training_config_of(run_id: str | None) -> Any | None:
-    """The `TrainJobConfig` a registered model's run logged, or None (no run / no config)."""
-    if not run_id:
-        return None
-    import mlflow
-    import yaml
-
-    from mdir.training.config import TrainJobConfig
-
-    try:
-        with tempfile.TemporaryDirectory(prefix="mdir-cfg-") as d:
-            p = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=RESOLVED_CONFIG, dst_path=d
-            )
-            data = yaml.safe_load(Path(p).read_text())
-    except Exception as e:  # not an mdir training run (e.g. registered by hand)
-        log.info(
-            "run %s has no %s (%s): reading the split as image files", run_id, RESOLVED_CONFIG, e
-        )
-        return None
-    return TrainJobConfig.model_validate(data)
-
-
-def training_eval_images(
-    train_cfg: Any,
-    data_uri: str,
-    cfg: EvalConfig,
-    source_conditions: list[str],
-    target_conditions: list[str],
-    image_size: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(sources, real targets) exactly as the in-training evaluation reads them: the run's
-    data settings on `data_uri` / `cfg.split`, through the training data plan (same reader,
-    resize, order, count and target cycling), so both paths give the same numbers."""
-    from mdir.training.data_plan import ShardDataPlan
-
-    update: dict[str, Any] = {"uri": data_uri, "val_split": cfg.split}
-    if source_conditions:
-        update["domain_a"] = source_conditions
-    if target_conditions:
-        update["domain_b"] = target_conditions
-    if image_size:
-        update["image_size"] = image_size
-    data = train_cfg.data.model_copy(update=update)
-    n = cfg.num_images or train_cfg.train.eval_images
-    return ShardDataPlan(data, train_cfg.train.batch_size).eval_images(n)
-
-
-def evaluate_model(
-    model_uri: str,
-    data_uri: str,
-    cfg: EvalConfig,
-    source_conditions: list[str],
-    target_conditions: list[str],
-    image_size: int | None = None,
-    device: str = "cpu",
-) -> tuple[GanEvalResult, dict]:
-    """Translate the `cfg.split` images of `source_conditions` with a registered generator
-    and compare with the real `target_conditions` images of the same split."""
-    try:
-        from mdir.training.registry import load_translator
-    except ImportError as e:  # pragma: no cover - depends on the training area
-        raise RuntimeError(
-            "`--model` needs mdir.training.registry.load_translator (training area), which "
-            f"could not be imported: {e}. Use --real/--fake folders instead."
-        ) from e
-    from mdir.metrics.gan import evaluate_translation_detailed
-
-    if not source_conditions or not target_conditions:
-        raise ValueError(
-            "--model needs --source and --target conditions (e.g. --source day --target night)"
-        )
-    translator = load_translator(model_uri, device=device)
-    train_cfg = training_config_of(translator.run_id) if is_shard_dataset(data_uri) else None
-    if train_cfg is not None:
-        src_a, tgt_a = training_eval_images(
-            train_cfg, data_uri, cfg, source_conditions, target_conditions, image_size
-        )
-        images_from = "training data plan"
-    else:
-        src_a, tgt_a = _split_images(
-            data_uri, cfg, source_conditions, target_conditions, image_size
-        )
-        images_from = "image files"
-    ref = None
-    if translator.method == "mduit":  # appearance reference: the targets, as in training
-        ref = tgt_a[np.arange(len(src_a)) % len(tgt_a)]
-
-    def translate(x, reference=None):
-        import torch
-
-        dev = next(translator.generator.parameters()).device
-        r = reference.to(dev) if isinstance(reference, torch.Tensor) else None
-        return translator.translate(x.to(dev), r).cpu()
-
-    res = evaluate_translation_detailed(translate, src_a, tgt_a, cfg, reference_images=ref)
-    info = {
-        "model_uri": model_uri,
-        "model_version": translator.version,
-        "run_id": translator.run_id,
-        "method": translator.method,
-        "data": data_uri,
-        "split": cfg.split,
-        "source": source_conditions,
-        "target": target_conditions,
-        "images_from": images_from,
-    }
-    return res, info
-
-
-def _split_images(
-    data_uri: str,
-    cfg: EvalConfig,
-    source_conditions: list[str],
-    target_conditions: list[str],
-    image_size: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Source / target images of `cfg.split` read as image files (models without a
-    training config)."""
-    src = load_image_set(
-        data_uri, split=cfg.split, conditions=source_conditions, limit=cfg.num_images
-    )
-    tgt = load_image_set(
-        data_uri, split=cfg.split, conditions=target_conditions, limit=cfg.num_images
-    )
-    if len(src.images) < 2 or len(tgt.images) < 2:
-        raise ValueError(
-            f"split {cfg.split!r} of {data_uri} has {len(src.images)} source ({source_conditions}) "
-            f"and {len(tgt.images)} target ({target_conditions}) images; need ≥ 2 each"
-        )
-    src_a = src.stacked(image_size)
-    tgt_a = tgt.stacked(image_size or src_a.shape[1])
-    return src_a, tgt_a
 
 
 def extractor_tag(res: GanEvalResult) -> str:

@@ -38,13 +38,14 @@ import numpy as np
 import torch
 
 from mdir.config import dump_config
+from mdir.registry.aliases import ResolvedModel, resolve_model
 from mdir.retrieval.augment import GanAugmenter
 from mdir.retrieval.config import RetrievalJobConfig
 from mdir.retrieval.data import SplitData, open_split
 from mdir.retrieval.descriptors import extract
 from mdir.retrieval.evaluate import EvalSet, evaluate_model
 from mdir.retrieval.mining import draw_queries_and_pool, mine_tuples
-from mdir.retrieval.registry import ResolvedModel, load_model_files, log_and_register, resolve_model
+from mdir.retrieval.registry import load_model_files, log_and_register
 from mdir.retrieval.whitening import Whitening
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def validate_before_launch(cfg: RetrievalJobConfig) -> ResolvedModel | None:
         raise LaunchError(f"data.pairs_file: {cfg.data.pairs_file} does not exist")
     if not cfg.augment.generator:
         return None
-    from mdir.retrieval.registry import ModelNotFoundError
+    from mdir.registry.uri import ModelNotFoundError
 
     try:
         return resolve_model(cfg.augment.generator, field="augment.generator")
@@ -236,7 +237,7 @@ def _register(
         for k, v in metrics.items()
         if isinstance(v, int | float) and math.isfinite(float(v))
     }
-    from mdir.training.registry import set_version_tag
+    from mdir.registry.aliases import set_version_tag
 
     for k in ("recall_at_1/night", "recall_at_1/day", "map"):
         if k in finite and name:
@@ -292,11 +293,11 @@ def _make_augmenter(
     uri = loop_cfg.get("generator")
     if not uri:
         return None, {}
-    from mdir.training.registry import load_translator
+    from mdir.registry.generators import load_translator
 
     translator = load_translator(uri, device=device)
     method = str(getattr(translator, "method", ""))
-    needs_ref = method == "mduit"
+    needs_ref = bool(getattr(translator, "needs_reference", False))
     ref_data = data
     ref_rows = data.rows_with_condition([cfg.augment.target_condition])
     if needs_ref and len(ref_rows) == 0:
