@@ -8,7 +8,7 @@ the job runs on.
 
 from __future__ import annotations
 
-from mdir.metrics.cli import app
+from mdir.evaluation.cli import app
 
 if __name__ == "__main__":
     app(prog_name="evaluate.py")

@@ -10,9 +10,9 @@ import typer
 
 from mdir.bench.cli import app as bench_app
 from mdir.data.cli import app as data_app
-from mdir.metrics.cli import app as eval_app
-from mdir.metrics.cli import metrics_app
-from mdir.models.cli import app as models_app
+from mdir.evaluation.cli import app as eval_app
+from mdir.evaluation.cli import metrics_app
+from mdir.registry.cli import app as models_app
 from mdir.retrieval.cli import app as retrieval_app
 from mdir.training.cli import register as register_train
 from mdir.tune.cli import app as tune_app

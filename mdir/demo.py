@@ -408,8 +408,8 @@ def _held_out_report(
     os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow.uri)
     from PIL import Image
 
+    from mdir.evaluation.model import report_model
     from mdir.metrics.config import EvalConfig
-    from mdir.metrics.runner import report_model
     from mdir.viz import labelled_grid
 
     cfg = EvalConfig(metrics=["fid", "kid"], split="test", allow_random_features=True,

@@ -19,7 +19,7 @@ import yaml
 
 from mdir.methods import METHODS
 from mdir.methods.base import EpochContext
-from mdir.methods.config import parse_method_config
+from mdir.methods.specs import parse_method_config
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "mduit_demo.yaml"
 STEPS = 12

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mdir.config import ConfigError, validate
 from mdir.methods import METHODS, build_generator, get_method_factory, translate_with
 from mdir.methods.base import EpochContext, ImageStore
-from mdir.methods.config import CycleGANConfig, MDUITConfig, Pix2PixConfig, parse_method_config
+from mdir.methods.config import CycleGANConfig, MDUITConfig, Pix2PixConfig
 from mdir.methods.pairing import (
     COL_NEGS,
     COL_S_NEG,
@@ -25,6 +25,7 @@ from mdir.methods.pairing import (
 )
 from mdir.methods.pool import ImagePool
 from mdir.methods.schedule import linear_decay
+from mdir.methods.specs import parse_method_config
 
 SIZE = 32
 
@@ -148,7 +149,7 @@ def test_method_config_union_and_defaults():
 
     from pydantic import BaseModel
 
-    from mdir.methods.config import MethodConfig
+    from mdir.methods.specs import MethodConfig
 
     class Job(BaseModel):
         method: MethodConfig

@@ -23,8 +23,8 @@ def test_eval_gan_registered_model(mlflow_server, tmp_path, monkeypatch):
     from mdir.cli import app
     from mdir.data.synth import synthesize
     from mdir.methods import build_generator
+    from mdir.registry.generators import register_generator
     from mdir.training.config import TrainJobConfig
-    from mdir.training.registry import register_generator
 
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))

@@ -22,8 +22,8 @@ def test_default_load_path_ignores_tampered_model_code(tmp_path: Path, mlflow_se
     from safetensors.torch import save_file
 
     from mdir.methods import build_generator
+    from mdir.registry.generators import load_translator, register_generator
     from mdir.training.config import load_job_config
-    from mdir.training.registry import load_translator, register_generator
 
     name = f"mdir-safety-{uuid.uuid4().hex[:6]}"
     cfg = load_job_config(

@@ -367,7 +367,7 @@ def test_tracking_warning_printed_once():
 
 def test_methods_registry_is_lazy_and_data_modes_agree():
     from mdir.methods import METHODS
-    from mdir.methods.config import METHOD_CONFIGS
+    from mdir.methods.specs import METHOD_CONFIGS
 
     for name, cfg_cls in METHOD_CONFIGS.items():
         assert METHODS[name].data_mode == cfg_cls.data_mode

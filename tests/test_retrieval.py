@@ -341,8 +341,8 @@ def test_multiscale_descriptor_is_normalised_mean_over_scales():
 
 def test_augmenter_with_a_real_mduit_translator_and_references():
     from mdir.methods import build_generator
-    from mdir.methods.config import parse_method_config
-    from mdir.training.registry import Translator
+    from mdir.methods.specs import parse_method_config
+    from mdir.registry.generators import Translator
 
     cfg = parse_method_config(
         {

@@ -39,8 +39,8 @@ def _register_tiny_cyclegan(
     from safetensors.torch import save_file
 
     from mdir.methods import build_generator
+    from mdir.registry.generators import register_generator
     from mdir.training.config import TrainJobConfig
-    from mdir.training.registry import register_generator
 
     cfg = TrainJobConfig.model_validate(
         {

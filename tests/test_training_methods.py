@@ -63,7 +63,7 @@ def test_method_trains_registers_and_translates(
     from mlflow.tracking import MlflowClient
     from PIL import Image
 
-    from mdir.training.registry import load_translator
+    from mdir.registry.generators import load_translator
     from mdir.training.run import train
 
     data = synth_data["paired" if method == "pix2pix" else "unpaired"]
@@ -93,7 +93,7 @@ def test_method_trains_registers_and_translates(
         assert run.data.tags["mdir.fid.features"] == "random_inception"
         assert run.data.tags["mdir.fid.n_images"] == "4"
         # `mdir eval gan --model` shares the in-training path: same images, same numbers
-        from mdir.metrics.runner import evaluate_model
+        from mdir.evaluation.model import evaluate_model
 
         res, info = evaluate_model(r.model_uri, data, cfg.eval, ["day"], ["night"])
         assert info["images_from"] == "training data plan" and res.num_fake == 4

@@ -189,7 +189,7 @@ def _label_of(sweep_dir: Path, trial_id: str) -> str:
 def test_champion_alias_moves_previous_version_stays(mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    from mdir.tune.runner import set_champion
+    from mdir.registry.aliases import set_champion
 
     client = MlflowClient(mlflow_server.uri)
     name = f"mdir-test-champ-{uuid.uuid4().hex[:6]}"

@@ -6,9 +6,9 @@ machines are noisy), prints the ratio and writes JSON.
 
 from __future__ import annotations
 
-import typer
+# Importing the modules registers their commands on `app` (defined in `mdir.bench.app`, so
+# that the benchmark modules and this one do not import each other).
+from mdir.bench import data, fid, step, train, tune  # noqa: F401
+from mdir.bench.app import app
 
-app = typer.Typer(no_args_is_help=True)
-
-# Importing the modules registers their commands on `app`.
-from mdir.bench import data, fid, step, train, tune  # noqa: E402,F401
+__all__ = ["app"]

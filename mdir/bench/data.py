@@ -31,7 +31,7 @@ from typing import Any
 
 import typer
 
-from mdir.bench.cli import app
+from mdir.bench.app import app
 from mdir.bench.common import write_json
 
 # ------------------------------------------------------------------ memory of a process tree

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from mdir.bench.cli import app
+from mdir.bench.app import app
 from mdir.bench.common import write_json
 
 

@@ -19,6 +19,11 @@ compilation, reported as ``compile_s`` and time-boxed by ``--compile-timeout``: 
 compilation runs over is reported as ``timed_out`` and skipped), then the variants are timed
 in interleaved rounds (noise on a shared machine hits all of them alike). Reported per
 variant: median seconds per step and steps/s; ``ratios`` = steps/s ÷ eager steps/s.
+Memory: ``rss_before_mb`` (the process before any network is built) and ``peak_rss_mb``
+(its high-water mark at the end: with ``--variants eager`` the difference is what one
+method's networks, optimisers and step take); on CUDA also ``peak_cuda_mb`` per variant
+(`torch.cuda.max_memory_allocated`, reset before each variant is built). The batch's
+images are the method spec's ``batch_keys``;
 MDUIT batches carry explicit T, T_pos, S_neg, T_neg images (no store I/O is timed).
 
 On a shared, oversubscribed machine pass ``--threads 1``: OpenMP worker threads that
@@ -36,7 +41,7 @@ from typing import Any
 
 import typer
 
-from mdir.bench.cli import app
+from mdir.bench.app import app
 from mdir.bench.common import write_json
 
 VARIANTS = ("eager", "channels_last", "compile", "compile_cl", "bf16")
@@ -55,21 +60,14 @@ def _alarm(_sig: int, _frame: Any) -> None:
 
 
 def _bench_config(method: str, lite: bool) -> Any:
-    """Default (paper) widths; ``lite`` = narrow networks for a quick smoke run."""
-    from mdir.methods import config as mc
+    """Default (paper) widths; ``lite`` = narrow networks for a quick smoke run (both from the
+    method's spec)."""
+    from mdir.methods.specs import get_spec, method_specs
 
-    if method == "pix2pix":
-        return mc.Pix2PixConfig(ngf=8, ndf=8) if lite else mc.Pix2PixConfig()
-    if method == "cyclegan":
-        return mc.CycleGANConfig(ngf=8, ndf=8, n_blocks=2) if lite else mc.CycleGANConfig()
-    if method == "mduit":
-        kw = {"allow_random_vgg": True}
-        if lite:
-            kw.update(
-                ngf=8, ndf=8, n_res_enc=1, n_res_dec=1, ea_hidden=16, proj_hidden=16, proj_dim=16
-            )
-        return mc.MDUITConfig(**kw)
-    raise typer.BadParameter(f"unknown method {method!r}; valid: pix2pix, cyclegan, mduit")
+    if method not in method_specs():
+        raise typer.BadParameter(f"unknown method {method!r}; valid: {', '.join(method_specs())}")
+    spec = get_spec(method)
+    return spec.default_config(**spec.bench_config, **(spec.bench_lite if lite else {}))
 
 
 def _batch(
@@ -77,13 +75,21 @@ def _batch(
 ) -> dict[str, Any]:
     import torch
 
+    from mdir.methods.specs import get_spec
+
     g = torch.Generator().manual_seed(0)
-    keys = ("A", "T", "T_pos", "S_neg", "T_neg") if method == "mduit" else ("A", "B")
     out = {}
-    for k in keys:
+    for k in get_spec(method).batch_keys:
         x = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device)
         out[k] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     return out
+
+
+def _peak_rss_mb() -> float:
+    """This process's resident-set high-water mark (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _build(method: str, cfg: Any, variant: str, device: str = "cpu") -> Any:
@@ -105,7 +111,7 @@ def _build(method: str, cfg: Any, variant: str, device: str = "cpu") -> Any:
 
 @app.command("step")
 def step(
-    method: str = typer.Argument(..., help="pix2pix | cyclegan | mduit"),
+    method: str = typer.Argument(..., help="A method of the table: pix2pix, cyclegan, mduit, …"),
     size: int = typer.Option(256, help="Image side (the papers train at 256)."),
     batch: int = typer.Option(1, help="Batch size (MDUIT paper: 1)."),
     steps: int = typer.Option(3, help="Timed steps per variant per round."),
@@ -156,6 +162,7 @@ def step(
     if bad:
         raise typer.BadParameter(f"unknown variants {bad}; valid: {', '.join(VARIANTS)}")
     cfg = _bench_config(method, lite)
+    rss_before = _peak_rss_mb()
     res: dict[str, dict[str, Any]] = {}
     live: dict[str, tuple[Any, dict[str, Any]]] = {}
 
@@ -163,6 +170,8 @@ def step(
         print(msg, file=sys.stderr, flush=True)
 
     for v in chosen:
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         m = _build(method, cfg, v, device)
         b = _batch(method, size, batch, v in ("channels_last", "compile_cl"), device)
@@ -194,6 +203,8 @@ def step(
                 signal.signal(signal.SIGALRM, old)
         warm = time.perf_counter() - t0
         res[v] = {"setup_s": round(setup, 3), "warmup_s": round(warm, 3)}
+        if device == "cuda":
+            res[v]["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         if compiled:
             res[v]["compile_s"] = round(warm, 3)  # includes `warmup` steps
         live[v] = (m, b)
@@ -234,11 +245,15 @@ def step(
         "baseline": "eager",
         "variants": res,
         "ratios": ratios,
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": _peak_rss_mb(),
         "best": best,
     }
     for v, r in res.items():
         if "steps_per_s" in r:
+            mem = f"  peak CUDA {r['peak_cuda_mb']:.0f} MiB" if "peak_cuda_mb" in r else ""
             log(
-                f"{method} {v:<14} {r['steps_per_s']:.3f} steps/s  ({r['step_s_median']:.3f} s/step)  ×{ratios[v]:.2f} vs eager"
+                f"{method} {v:<14} {r['steps_per_s']:.3f} steps/s  ({r['step_s_median']:.3f} s/step)  ×{ratios[v]:.2f} vs eager{mem}"
             )
+    log(f"peak RSS {result['peak_rss_mb']:.0f} MiB (before building: {rss_before:.0f} MiB)")
     write_json(result, out, as_json)

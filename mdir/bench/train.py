@@ -18,18 +18,8 @@ from typing import Any
 
 import typer
 
-from mdir.bench.cli import app
+from mdir.bench.app import app
 from mdir.bench.common import write_json
-
-TINY_WIDTHS: dict[str, list[str]] = {
-    "pix2pix": ["method.ngf=16", "method.ndf=16", "method.num_downs=5"],
-    "cyclegan": ["method.ngf=16", "method.ndf=16", "method.n_blocks=2"],
-    "mduit": [
-        "method.ngf=8", "method.ndf=16", "method.n_res_enc=1", "method.n_res_dec=1", "method.ea_hidden=16",
-        "method.proj_hidden=32", "method.proj_dim=16", "method.n_neg=4", "method.allow_random_vgg=true",
-    ],
-}  # fmt: skip
-MODE = {"pix2pix": "paired", "cyclegan": "unpaired", "mduit": "single"}
 
 
 def _plain_loop(cfg: Any, plan: Any, steps: int, threads: int) -> float:
@@ -83,12 +73,14 @@ def bench_train(
     out: Path | None = typer.Option(None, help="Write the JSON result here."),
 ) -> None:
     """Steps/s of the Ray Train loop with 1 and 2 workers vs a plain single-process loop."""
+    from mdir.methods.specs import method_specs
     from mdir.training.config import load_job_config
     from mdir.training.data_plan import MemoryDataPlan
     from mdir.training.run import ensure_ray
 
-    if method not in MODE:
-        raise typer.BadParameter(f"method must be one of {sorted(MODE)}")
+    if method not in method_specs():
+        raise typer.BadParameter(f"method must be one of {sorted(method_specs())}")
+    spec = method_specs()[method]
     threads = threads or os.cpu_count() or 2
     tmp = tempfile.mkdtemp(prefix="mdir-bench-train-")
     if data is None:
@@ -96,15 +88,15 @@ def bench_train(
 
         data = os.path.join(tmp, "data")
         synthesize(data, places=4, conditions=["day", "night"], size=size, poses_per_place=6,
-                   paired=("day", "night") if method == "pix2pix" else None)  # fmt: skip
+                   paired=("day", "night") if spec.data_mode == "paired" else None)  # fmt: skip
     cfg = load_job_config(
         None,
         [
-            f"method.name={method}", f"data.uri={data}", f"data.mode={MODE[method]}", f"data.image_size={size}",
+            f"method.name={method}", f"data.uri={data}", f"data.mode={spec.data_mode}", f"data.image_size={size}",
             "data.augment=resize", "data.flip=false", "train.loader=memory", "train.epochs=1000",
             f"train.max_steps={steps + 1}", f"train.batch_size={batch_size}", "train.checkpoint_every=0",
             "train.sample_every=0", "train.evaluate=false", f"train.log_every={steps + 1}", "mlflow.enabled=false",
-            f"storage.path={tmp}/runs", "storage.max_failures=0", *TINY_WIDTHS[method],
+            f"storage.path={tmp}/runs", "storage.max_failures=0", *spec.bench_tiny,
         ],
     )  # fmt: skip
     plan = MemoryDataPlan(cfg.data, batch_size, seed=0)

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mdir.bench.cli import app
+from mdir.bench.app import app
 from mdir.bench.common import write_json
 
 DEMO_SPACE = Path(__file__).resolve().parent.parent.parent / "tune_spaces" / "demo.yaml"

@@ -1,4 +1,5 @@
-"""Typed method configs: a discriminated union on `name` (pix2pix | cyclegan | mduit).
+"""Typed configs of the built-in methods (pix2pix | cyclegan | mduit); the union of every
+method's config, discriminated on `name`, is `mdir.methods.specs.MethodConfig`.
 
 Every paper hyper-parameter is a field with the paper's default (pix2pix / CycleGAN: the
 thesis and the original junyanz code; MDUIT: the MDUIT paper). LR schedule (all methods):
@@ -8,7 +9,7 @@ constant for the first ``decay_start_frac`` of the epochs, then linear decay tow
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -157,20 +158,3 @@ class MDUITConfig(_OptimFields):
     allow_random_vgg: bool = Field(
         False, description="Allow a randomly initialised VGG-16 when no weights are found (tests)."
     )
-
-
-MethodConfig = Annotated[Pix2PixConfig | CycleGANConfig | MDUITConfig, Field(discriminator="name")]
-"""Any method config, selected by its ``name`` field."""
-
-METHOD_CONFIGS: dict[str, type[StrictModel]] = {
-    "pix2pix": Pix2PixConfig,
-    "cyclegan": CycleGANConfig,
-    "mduit": MDUITConfig,
-}
-
-
-def parse_method_config(data: dict) -> Pix2PixConfig | CycleGANConfig | MDUITConfig:
-    """Validate a plain dict (with ``name``) into the matching config class."""
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(MethodConfig).validate_python(data)

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from mdir import losses
-from mdir.methods import METHODS
 from mdir.methods.common import GANMethod, raw, set_requires_grad
 from mdir.methods.config import CycleGANConfig
 from mdir.methods.pool import ImagePool
@@ -112,6 +111,3 @@ class CycleGAN(GANMethod):
         if "pool_a" in state:
             self.pool_a.load_state_dict(state["pool_a"])
             self.pool_b.load_state_dict(state["pool_b"])
-
-
-METHODS["cyclegan"] = CycleGAN

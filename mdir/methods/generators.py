@@ -3,49 +3,40 @@
 Used by the model registry / pyfunc: ``gen = build_generator(cfg); gen.load_state_dict(sd)``
 where ``sd = method.generator().state_dict()``; then ``translate_with(gen, cfg, images,
 reference)``. No pretrained weights are loaded here (MDUIT's VGG comes from the state dict).
+Both ask the method's spec (`mdir.methods.specs`), never its name.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from mdir.methods.config import CycleGANConfig, MDUITConfig, Pix2PixConfig
+from mdir.methods.specs import spec_of
 
 
-def build_generator(cfg: Pix2PixConfig | CycleGANConfig | MDUITConfig) -> nn.Module:
+def build_generator(cfg: Any) -> nn.Module:
     """The module `Method.generator()` returns, for `cfg`, with random weights."""
-    if isinstance(cfg, Pix2PixConfig):
-        from mdir.methods.pix2pix import build_pix2pix_generator
-
-        return build_pix2pix_generator(cfg)
-    if isinstance(cfg, CycleGANConfig):
-        from mdir.methods.cyclegan import build_cyclegan_generator
-
-        return build_cyclegan_generator(cfg)
-    if isinstance(cfg, MDUITConfig):
-        from mdir.methods.mduit import build_mduit_translator
-
-        return build_mduit_translator(cfg)
-    raise TypeError(f"not a method config: {type(cfg).__name__}")
+    if not hasattr(cfg, "name"):
+        raise TypeError(f"not a method config: {type(cfg).__name__}")
+    return spec_of(cfg).build_generator(cfg)
 
 
 @torch.no_grad()
 def translate_with(
-    gen: nn.Module,
-    cfg: Pix2PixConfig | CycleGANConfig | MDUITConfig,
-    images: Tensor,
-    reference: Tensor | None = None,
+    gen: nn.Module, cfg: Any, images: Tensor, reference: Tensor | None = None
 ) -> Tensor:
     """Translate [-1,1] images [B,3,H,W] with a generator from `build_generator` (eval mode,
-    on the generator's device; the output is on that device too)."""
+    on the generator's device; the output is on that device too). A method whose spec says
+    ``needs_reference`` gets ``gen(images, reference)``, the others ``gen(images)``."""
     was_training = gen.training
     gen.eval()
     try:
         dev = next(gen.parameters()).device
-        if isinstance(cfg, MDUITConfig):
+        if spec_of(cfg).needs_reference:
             if reference is None:
-                raise ValueError("mduit needs `reference` images (the target appearance)")
+                raise ValueError(f"{cfg.name} needs `reference` images (the target appearance)")
             return gen(images.to(dev), reference.to(dev))
         return gen(images.to(dev))
     finally:

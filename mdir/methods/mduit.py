@@ -39,7 +39,6 @@ import torch
 from torch import Tensor, nn
 
 from mdir import losses
-from mdir.methods import METHODS
 from mdir.methods.base import EpochContext, ImageStore
 from mdir.methods.common import GANMethod, raw, set_requires_grad
 from mdir.methods.config import MDUITConfig
@@ -309,6 +308,3 @@ class MDUIT(GANMethod):
             self.store_ids = state["ids"].numpy()
             self.row_of = {int(i): r for r, i in enumerate(self.store_ids)}
             self.bank = state["bank"].to(self.device)
-
-
-METHODS["mduit"] = MDUIT

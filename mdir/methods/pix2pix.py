@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from mdir import losses
-from mdir.methods import METHODS
 from mdir.methods.common import GANMethod, raw, set_requires_grad
 from mdir.methods.config import Pix2PixConfig
 from mdir.models.init import init_weights
@@ -87,6 +86,3 @@ class Pix2Pix(GANMethod):
 
     def generator(self) -> torch.nn.Module:
         return raw(self.networks["G"])
-
-
-METHODS["pix2pix"] = Pix2Pix

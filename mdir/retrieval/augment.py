@@ -8,7 +8,7 @@ are reflection-padded up to the next multiple of `pad_multiple` (keeping context
 border, as Jenicek & Chum) and cropped back after translation. MDUIT is exemplar-guided:
 for each translated image a reference image of the target condition is drawn.
 
-`Translator` is the contract of ``mdir.training.registry.load_translator``; anything with a
+`Translator` is the contract of ``mdir.registry.generators.load_translator``; anything with a
 ``translate(images, reference=None)`` method works (tests use a tiny stand-in).
 """
 

@@ -160,10 +160,10 @@ def eval_cmd(
 ) -> None:
     """Evaluate a registered embedding network: recall@N and localization recall (Day/Night), mAP."""
     from mdir.config import ConfigError, apply_overrides, read_yaml, validate
+    from mdir.registry.uri import ModelNotFoundError
     from mdir.retrieval.config import RetrievalJobConfig
     from mdir.retrieval.descriptors import MULTISCALE
     from mdir.retrieval.evaluate import evaluate_registered
-    from mdir.retrieval.registry import ModelNotFoundError
 
     try:
         base = read_yaml(config) if config else {}

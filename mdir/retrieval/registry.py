@@ -1,6 +1,6 @@
-"""MLflow registry access for the retrieval job: resolving a registered generator by alias
-(fail fast, before any cluster resources), and logging / registering / loading the trained
-embedding network ``mdir-retrieval-<dataset>``.
+"""MLflow registry access for the retrieval job: logging / registering / loading the trained
+embedding network ``mdir-retrieval-<dataset>`` (resolving a registered generator by alias,
+before any cluster resources, is `mdir.registry.aliases.resolve_model`).
 
 The retrieval network is stored without pickle: ``weights.safetensors`` (all tensors,
 including the learned whitening Lw as ``net.whiten.*``) plus ``model.json`` (the model config
@@ -12,79 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mdir.registry.aliases import resolve_model
+from mdir.registry.uri import alias_uri
+
 MODEL_ARTIFACT = "retrieval_model"
 # artifact download bars would interleave with job logs and `--json` output
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
-
-
-class ModelNotFoundError(ValueError):
-    """A `models:/` URI that does not resolve (unknown name, alias or version)."""
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A registry URI pinned to one version (what the run records and loads)."""
-
-    uri: str  # as given, e.g. models:/mdir-cyclegan-synth@champion
-    name: str
-    version: str
-    run_id: str | None
-    source: str | None
-
-    @property
-    def pinned_uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
-
-
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` → (name, alias, version)."""
-    m = _URI.match(uri.strip())
-    if not m:
-        raise ModelNotFoundError(
-            f"{uri!r} is not a registry URI; expected models:/NAME@ALIAS or models:/NAME/VERSION"
-        )
-    return m["name"], m["alias"], m["version"]
-
-
-def resolve_model(uri: str, field: str = "model") -> ResolvedModel:
-    """Look the URI up in the MLflow registry (MLFLOW_TRACKING_URI); clear error if missing."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    name, alias, version = parse_model_uri(uri)
-    client = MlflowClient()
-    try:
-        client.get_registered_model(name)
-    except MlflowException as e:
-        raise ModelNotFoundError(
-            f"{field}: registered model {name!r} does not exist in the MLflow registry at "
-            f"{client.tracking_uri} (from {uri!r}); register it first or fix the name"
-        ) from e
-    try:
-        mv = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(name, version)
-        )
-    except MlflowException as e:
-        known = sorted(client.get_registered_model(name).aliases or {})
-        what = f"alias {alias!r}" if alias else f"version {version}"
-        raise ModelNotFoundError(
-            f"{field}: {what} of registered model {name!r} not found (from {uri!r}); "
-            f"known aliases: {known or 'none'}"
-        ) from e
-    return ResolvedModel(
-        uri=uri, name=name, version=str(mv.version), run_id=mv.run_id, source=mv.source
-    )
 
 
 def save_model_files(model: Any, directory: Path, extra_meta: dict[str, Any] | None = None) -> Path:
@@ -147,7 +86,7 @@ def log_and_register(
         )
     mv = client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id)
     client.set_registered_model_alias(name, alias, mv.version)
-    return f"models:/{name}@{alias}"
+    return alias_uri(name, alias)
 
 
 def load_registered_model(

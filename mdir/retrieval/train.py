@@ -14,7 +14,7 @@ Per epoch, on every rank:
    averaging turns that into the gradient of the global sum, so 1 and N workers take the
    same step;
 3. **evaluate** (every `eval.every` epochs) and **report** metrics + checkpoint (rank 0
-   logs to MLflow; tracking failures only warn).
+   logs through training's buffered `Tracker`: metrics survive an MLflow outage).
 
 After the last epoch, the learned whitening Lw is computed from matching training pairs
 and installed in the network, the final evaluation runs with it, and the network is saved
@@ -29,7 +29,6 @@ import logging
 import math
 import tempfile
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +38,16 @@ import numpy as np
 import torch
 
 from mdir.config import dump_config
+from mdir.registry.aliases import ResolvedModel, resolve_model
 from mdir.retrieval.augment import GanAugmenter
 from mdir.retrieval.config import RetrievalJobConfig
 from mdir.retrieval.data import SplitData, open_split
 from mdir.retrieval.descriptors import extract
 from mdir.retrieval.evaluate import EvalSet, evaluate_model
 from mdir.retrieval.mining import draw_queries_and_pool, mine_tuples
-from mdir.retrieval.registry import ResolvedModel, load_model_files, log_and_register, resolve_model
+from mdir.retrieval.registry import load_model_files, log_and_register
 from mdir.retrieval.whitening import Whitening
+from mdir.training.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def validate_before_launch(cfg: RetrievalJobConfig) -> ResolvedModel | None:
         raise LaunchError(f"data.pairs_file: {cfg.data.pairs_file} does not exist")
     if not cfg.augment.generator:
         return None
-    from mdir.retrieval.registry import ModelNotFoundError
+    from mdir.registry.uri import ModelNotFoundError
 
     try:
         return resolve_model(cfg.augment.generator, field="augment.generator")
@@ -241,7 +242,7 @@ def _register(
         for k, v in metrics.items()
         if isinstance(v, int | float) and math.isfinite(float(v))
     }
-    from mdir.training.registry import set_version_tag
+    from mdir.registry.aliases import set_version_tag
 
     for k in ("recall_at_1/night", "recall_at_1/day", "map"):
         if k in finite and name:
@@ -253,33 +254,13 @@ def _register(
 # ----------------------------------------------------------------------------- worker side
 
 
-class _Tracker:
-    """Rank-0 MLflow logging that never kills training (warns once per failure kind)."""
-
-    def __init__(self, tracking_uri: str | None, run_id: str | None, enabled: bool) -> None:
-        self.enabled = enabled and bool(run_id) and bool(tracking_uri)
-        self.run_id = run_id
-        self.client = None
-        if self.enabled:
-            from mlflow import MlflowClient
-
-            self.client = MlflowClient(tracking_uri)
-
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        ms = [
-            Metric(k, float(v), ts, step)
-            for k, v in values.items()
-            if v is not None and math.isfinite(float(v))
-        ]
-        try:
-            self.client.log_batch(self.run_id, metrics=ms)
-        except Exception as e:  # tracking is best effort
-            warnings.warn(f"MLflow logging failed (training continues): {e}", stacklevel=2)
+def _finite(values: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of `values` (what the tracker gets: MLflow rejects NaN / inf)."""
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, int | float) and math.isfinite(float(v))
+    }
 
 
 def _contrastive(desc: torch.Tensor, tuple_len: int, margin: float) -> torch.Tensor:
@@ -297,11 +278,11 @@ def _make_augmenter(
     uri = loop_cfg.get("generator")
     if not uri:
         return None, {}
-    from mdir.training.registry import load_translator
+    from mdir.registry.generators import load_translator
 
     translator = load_translator(uri, device=device)
     method = str(getattr(translator, "method", ""))
-    needs_ref = method == "mduit"
+    needs_ref = bool(getattr(translator, "needs_reference", False))
     ref_data = data
     ref_rows = data.rows_with_condition([cfg.augment.target_condition])
     if needs_ref and len(ref_rows) == 0:
@@ -415,7 +396,15 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
     distributed = world > 1 and dist.is_initialized()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    tracker = _Tracker(loop_cfg.get("tracking_uri"), loop_cfg.get("run_id"), enabled=rank == 0)
+    # training's tracker: buffered and retried, so metrics survive an MLflow outage; the
+    # driver created the run and ends it (end_run=False below)
+    run_id = loop_cfg.get("run_id")
+    tracker = Tracker(
+        loop_cfg.get("tracking_uri"),
+        cfg.mlflow.experiment,
+        run_id=run_id,
+        enabled=rank == 0 and bool(run_id),
+    )
 
     d = cfg.data
     data = open_split(
@@ -575,7 +564,9 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
                 evaluate_model(model, eval_set, cfg.eval, device, cfg.mining.batch_size)
             )
         history.append(epoch_metrics)
-        tracker.metrics({k: v for k, v in epoch_metrics.items() if k != "epoch"}, step=epoch)
+        tracker.log_metrics(
+            _finite({k: v for k, v in epoch_metrics.items() if k != "epoch"}), epoch
+        )
         state = {"history": history}
         if augmenter is not None:
             state["augment"] = augmenter.counter.as_dict()
@@ -604,7 +595,8 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
         model.set_whitening(Whitening.learn(vecs, qi, pi, dim=cfg.model.whitening_dim))
     final.update(evaluate_model(model, eval_set, cfg.eval, device, cfg.mining.batch_size))
     metrics = {**(history[-1] if history else {}), **final}
-    tracker.metrics({k: v for k, v in final.items()}, step=cfg.optim.epochs)
+    tracker.log_metrics(_finite(final), cfg.optim.epochs)
+    tracker.close(flush_timeout=30.0, end_run=False)
 
     out: dict[str, Any] = {
         "metrics": metrics,

@@ -14,7 +14,9 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         method: Annotated[
             str,
-            typer.Argument(help="pix2pix | cyclegan | mduit (must match method.name in the file)."),
+            typer.Argument(
+                help="A method of the table: pix2pix, cyclegan, mduit, … (must match method.name in the file)."
+            ),
         ],
         config: Annotated[
             str,

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from mdir.config import ConfigError, StrictModel, apply_overrides, read_yaml, validate
 from mdir.data.config import DataConfig
-from mdir.methods.config import MethodConfig
+from mdir.methods.specs import MethodConfig
 
 try:  # the metrics area owns EvalConfig; keep training importable while it lands
     from mdir.metrics.config import EvalConfig

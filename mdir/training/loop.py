@@ -35,6 +35,7 @@ from torch import nn
 
 from mdir.config import dump_config
 from mdir.methods.base import EpochContext
+from mdir.methods.specs import spec_of
 from mdir.training import checkpoint as ckpt
 from mdir.training import selection
 from mdir.training.config import TrainJobConfig
@@ -591,7 +592,7 @@ def _evaluate(
         return {}
     try:
         src, tgt = plan.eval_images(cfg.train.eval_images)
-        ref = tgt if cfg.method.name == "mduit" else None
+        ref = tgt if spec_of(cfg.method).needs_reference else None
 
         def translate(x: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
             return _translate(method, x, reference)
@@ -624,7 +625,7 @@ def _finish(
     """Rank 0 at the end: final samples, evaluation, checkpoint artifact, model card,
     registration of the best-scored checkpoint's generator (the final one when nothing was
     scored). Returns what goes into the final report (run id, model URI, grid path, score)."""
-    from mdir.training import registry
+    from mdir.registry import generators as registry
 
     meta = ckpt.read_meta(ckpt_dir)
     step = int(meta.get("step", 0))

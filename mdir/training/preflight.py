@@ -28,11 +28,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mdir.config import ConfigError
 from mdir.data import io
-from mdir.training.config import TrainJobConfig
+
+if TYPE_CHECKING:  # annotations only: training.config imports this module
+    from mdir.training.config import TrainJobConfig
 
 #: file torchvision's VGG-16 enum downloads to (see `mdir.models.weights.CACHED_FILES`)
 VGG16_CACHED_FILE = "vgg16-397923af.pth"
@@ -59,36 +61,14 @@ def resolve_local_paths(cfg: TrainJobConfig, base: str | os.PathLike[str] | None
 # --------------------------------------------------------------------------------- shapes
 
 
-def _divides(size: int, factor: int) -> bool:
-    return size % factor == 0
-
-
 def check_shapes(cfg: TrainJobConfig) -> None:
     """Image size vs the networks' down-samplings (see the module docstring)."""
+    from mdir.methods.specs import spec_of
+
     m, size = cfg.method, cfg.data.image_size
-    if m.name == "pix2pix":
-        need = 2**m.num_downs
-        if not _divides(size, need):
-            fit = (size & -size).bit_length() - 1  # largest k with 2**k dividing size
-            hint = (
-                f"use method.num_downs={min(fit, 8)} (the U-Net needs ≥ 5)"
-                if fit >= 5
-                else "use a data.image_size divisible by 32 (the U-Net needs ≥ 5 down-samplings)"
-            )
-            raise ConfigError(
-                f"data.image_size: {size} px is not divisible by 2**method.num_downs = {need} "
-                f"(pix2pix U-Net with {m.num_downs} down-samplings); {hint}"
-            )
-    if m.name == "cyclegan" and not _divides(size, 4):
-        raise ConfigError(
-            f"data.image_size: {size} px is not divisible by 4 (CycleGAN's ResNet generator "
-            "down-samples twice)"
-        )
-    if m.name == "mduit" and not _divides(size, 2**m.n_downsample):
-        raise ConfigError(
-            f"data.image_size: {size} px is not divisible by 2**method.n_downsample = "
-            f"{2**m.n_downsample} (MDUIT's content encoder)"
-        )
+    problem = spec_of(m).check_size(m, size)  # the method's own limits (its spec)
+    if problem:
+        raise ConfigError(problem)
     if size // 2**m.n_layers_d < 3:
         raise ConfigError(
             f"data.image_size: {size} px is too small for method.n_layers_d={m.n_layers_d} "
@@ -201,7 +181,9 @@ def vgg_weights_source(cfg: TrainJobConfig) -> str | None:
 
 def check_vgg_weights(cfg: TrainJobConfig) -> None:
     """MDUIT: the VGG-16 weights E_a needs exist, or a random VGG is explicitly allowed."""
-    if cfg.method.name != "mduit":
+    from mdir.methods.specs import spec_of
+
+    if not spec_of(cfg.method).needs_vgg:
         return
     src = vgg_weights_source(cfg)
     if src is not None:
@@ -222,14 +204,19 @@ def check_vgg_weights(cfg: TrainJobConfig) -> None:
 def mduit_warnings(cfg: TrainJobConfig) -> list[str]:
     """What an MDUIT run should say at start: a random VGG-16, or data without poses or
     places (then no image has a content positive and L_con^c / L_NCE carry no signal)."""
-    if cfg.method.name != "mduit":
+    from mdir.methods.specs import spec_of
+
+    spec = spec_of(cfg.method)
+    if not (spec.needs_vgg or spec.needs_poses):
         return []
     out: list[str] = []
-    if vgg_weights_source(cfg) is None and cfg.method.allow_random_vgg:
+    if spec.needs_vgg and vgg_weights_source(cfg) is None and cfg.method.allow_random_vgg:
         out.append(
             "MDUIT: E_a uses a RANDOM VGG-16 (method.allow_random_vgg=true, no weights found): "
             "appearance features are meaningless; for tests and demos only"
         )
+    if not spec.needs_poses:
+        return out
     try:
         has_signal = content_positives_exist(cfg.data.uri, cfg.data.train_split)
     except Exception as e:  # the data checks report unreadable data; this is only advice

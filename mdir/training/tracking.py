@@ -193,11 +193,15 @@ class Tracker:
                 self._cv.wait(timeout=min(0.2, max(0.01, deadline - time.monotonic())))
             return not self._queue and not self._busy
 
-    def close(self, status: str = "FINISHED", flush_timeout: float = 30.0) -> None:
-        """Flush (bounded), end the run, stop the thread; warn about what never got through."""
+    def close(
+        self, status: str = "FINISHED", flush_timeout: float = 30.0, end_run: bool = True
+    ) -> None:
+        """Flush (bounded), end the run (unless `end_run` is False: the run belongs to someone
+        else, e.g. the retrieval driver), stop the thread; warn about what never got through."""
         if not self.enabled:
             return
-        self.submit("end run", lambda c, rid: c.set_terminated(rid, status))
+        if end_run:
+            self.submit("end run", lambda c, rid: c.set_terminated(rid, status))
         ok = self.flush(flush_timeout)
         with self._cv:
             self._closing = True

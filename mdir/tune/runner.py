@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 
 from mdir.config import ConfigError
+from mdir.registry.aliases import newest_version_of_run, set_champion
+from mdir.registry.uri import parse_model_uri
 from mdir.tune.leaderboard import Row, best_point, metric_variants, sort_rows, to_csv, to_markdown
 from mdir.tune.space import TuneSpace, base_dict, expand, validate_trials
 from mdir.tune.trainable import LABEL_TAG, SWEEP_TAG, TRIAL_TAG, completed_trials, trial_fn
@@ -432,11 +434,7 @@ def _version_uri(tracking_uri: str, run_id: str) -> str | None:
     alias like @candidate moves with later trials; the version does not)."""
     from mlflow.tracking import MlflowClient
 
-    versions = MlflowClient(tracking_uri).search_model_versions(f"run_id = '{run_id}'")
-    if not versions:
-        return None
-    mv = max(versions, key=lambda v: int(v.version))
-    return f"models:/{mv.name}/{mv.version}"
+    return newest_version_of_run(MlflowClient(tracking_uri), run_id)
 
 
 def _child_runs(tracking_uri: str, parent_run_id: str) -> dict[str, tuple[str, str | None]]:
@@ -527,9 +525,9 @@ def _check_champion_step(client: Any, row: Row, parent_run_id: str) -> None:
     """Record which step the champion's weights come from, and say so loudly when it is not
     the evaluation point that ranked the trial (e.g. a model registered by an older mdir,
     or the best checkpoint was lost before registration)."""
-    name, version = str(row.model_uri).removeprefix("models:/").rsplit("/", 1)
+    ref = parse_model_uri(str(row.model_uri))
     try:
-        step = client.get_model_version(name, version).tags.get("mdir.checkpoint_step")
+        step = client.get_model_version(ref.name, ref.version).tags.get("mdir.checkpoint_step")
     except Exception:  # noqa: BLE001 - informative only
         return
     client.set_tag(parent_run_id, "mdir.tune.champion_step", str(step))
@@ -541,25 +539,6 @@ def _check_champion_step(client: Any, row: Row, parent_run_id: str) -> None:
             row.label,
             row.best_step,
         )
-
-
-def set_champion(client: Any, model_uri: str, sweep: str = "") -> str:
-    """Point alias `champion` at ``models:/<name>/<version>``; the old champion's version stays
-    registered (only the alias moves; it is recorded on the new version as a tag)."""
-    name, version = model_uri.removeprefix("models:/").rsplit("/", 1)
-    previous = None
-    try:
-        previous = client.get_model_version_by_alias(name, "champion").version
-    except Exception:  # noqa: BLE001 - no champion yet
-        previous = None
-    from mdir.training.registry import set_version_tag
-
-    client.set_registered_model_alias(name, "champion", version)
-    if previous is not None and str(previous) != str(version):
-        set_version_tag(client, name, version, "mdir.previous_champion", str(previous))
-    if sweep:
-        set_version_tag(client, name, version, "mdir.tune.sweep", sweep)
-    return f"models:/{name}@champion"
 
 
 __all__ = ["SweepResult", "run_sweep", "prepare", "set_champion", "collect_rows", "LABEL_TAG"]

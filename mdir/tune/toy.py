@@ -153,7 +153,7 @@ def register_toy_generator(
     mv = client.create_model_version(model_name, source=f"runs:/{run_id}/generator", run_id=run_id)
     client.set_registered_model_alias(model_name, "candidate", mv.version)
     if step is not None:
-        from mdir.training.registry import set_version_tag
+        from mdir.registry.aliases import set_version_tag
 
         set_version_tag(client, model_name, mv.version, "mdir.checkpoint_step", str(step))
         client.set_tag(run_id, "mdir.registered_step", str(step))

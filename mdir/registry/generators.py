@@ -1,6 +1,6 @@
 """Register trained generators in MLflow and load them back, without pickle.
 
-`register_generator` logs a models-from-code pyfunc (`mdir/training/pyfunc_model.py`)
+`register_generator` logs a models-from-code pyfunc (`mdir/registry/pyfunc_model.py`)
 with the generator weights (safetensors) and the method config (JSON) as artifacts, an
 explicit `TensorSpec` signature (-1 for batch, H and W), explicit pip requirements, and
 registers it as ``mdir-<method>-<dataset>`` with an alias (``candidate`` after training;
@@ -23,6 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mdir.methods.specs import get_spec, parse_method_config
+from mdir.registry.aliases import resolve_model, set_version_tag
+from mdir.registry.uri import alias_uri, is_model_uri
+
 PYFUNC_FILE = str(Path(__file__).with_name("pyfunc_model.py"))
 MODEL_NAME_IN_RUN = "generator"
 PIP_REQUIREMENTS = [
@@ -39,13 +43,15 @@ os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
 
 def signature_for(method: str):
-    """TensorSpec signature with -1 for batch / H / W (MDUIT: named images + reference)."""
+    """TensorSpec signature with -1 for batch / H / W (a method whose spec needs a reference,
+    like MDUIT: named images + reference)."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
     spec = lambda name=None: TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), name)  # noqa: E731
-    inputs = Schema([spec("images"), spec("reference")]) if method == "mduit" else Schema([spec()])
+    needs_ref = get_spec(method).needs_reference
+    inputs = Schema([spec("images"), spec("reference")]) if needs_ref else Schema([spec()])
     return ModelSignature(inputs=inputs, outputs=Schema([spec()]))
 
 
@@ -57,7 +63,7 @@ def model_card(cfg: Any, metrics: dict[str, float], step: int) -> str:
     weights = getattr(m, "vgg_weights", None)
     vgg = (
         "n/a"
-        if m.name != "mduit"
+        if not get_spec(m.name).needs_vgg
         else (
             weights
             or (
@@ -146,19 +152,7 @@ def register_generator(
     set_version_tag(client, name, version, "mdir.run_id", run_id)
     for k, v in (tags or {}).items():
         set_version_tag(client, name, version, k, v)
-    return f"models:/{name}@{alias}"
-
-
-def set_version_tag(client: Any, name: str, version: str, key: str, value: str) -> None:
-    """Set a model-version tag, tolerating the retry race of a slow server: a request that
-    timed out on the client but committed on the server is retried, and the retry fails with
-    a UNIQUE-constraint error although the tag is there. Re-read and accept when it is."""
-    try:
-        client.set_model_version_tag(name, version, key, value)
-    except Exception:
-        tags = client.get_model_version(name, version).tags or {}
-        if tags.get(key) != value:
-            raise
+    return alias_uri(name, alias)
 
 
 @dataclass
@@ -175,6 +169,11 @@ class Translator:
     def method(self) -> str:
         return self.method_config.name
 
+    @property
+    def needs_reference(self) -> bool:
+        """Translation takes target-appearance images (the method's spec says so)."""
+        return get_spec(self.method).needs_reference
+
     def to(self, device: torch.device | str) -> Translator:
         self.generator.to(device)
         return self
@@ -189,20 +188,12 @@ class Translator:
 
 
 def resolve_version(model_uri: str, client: Any = None) -> tuple[str | None, str | None]:
-    """(version, run_id) of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI."""
-    from mlflow.tracking import MlflowClient
-
-    if not model_uri.startswith("models:/"):
+    """(version, run_id) of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI; (None,
+    None) for anything else (a run artifact URI, a local path)."""
+    if not is_model_uri(model_uri):
         return None, None
-    client = client or MlflowClient()
-    body = model_uri[len("models:/") :]
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    else:
-        name, version = body.rsplit("/", 1)
-        mv = client.get_model_version(name, version)
-    return str(mv.version), mv.run_id
+    r = resolve_model(model_uri, client=client)
+    return r.version, r.run_id
 
 
 def load_translator(model_uri: str, device: torch.device | str = "cpu") -> Translator:
@@ -211,7 +202,6 @@ def load_translator(model_uri: str, device: torch.device | str = "cpu") -> Trans
     from safetensors.torch import load_file
 
     from mdir.methods import build_generator
-    from mdir.methods.config import parse_method_config
 
     version, run_id = resolve_version(model_uri)
     with tempfile.TemporaryDirectory(prefix="mdir-load-") as d:

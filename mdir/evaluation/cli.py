@@ -89,8 +89,9 @@ def gan_cmd(
 ) -> None:
     """FID / KID / IS / PRD (+ SSIM / MS-SSIM for paired sets) of generated images."""
     from mdir.config import ConfigError, load_config
+    from mdir.evaluation.model import evaluate_model
     from mdir.metrics.config import EvalConfig
-    from mdir.metrics.runner import evaluate_folders, evaluate_model, log_to_mlflow, result_json
+    from mdir.metrics.runner import evaluate_folders, log_to_mlflow, result_json
 
     sets = []
     for key, val in (

@@ -14,7 +14,12 @@ from torch import nn
 
 from mdir.models.init import count_params
 
-SUMMARY_METHODS = ("pix2pix", "cyclegan", "mduit", "retrieval")
+
+def summary_methods() -> tuple[str, ...]:
+    """Every method in the table, then ``retrieval`` (the embedding network)."""
+    from mdir.methods.specs import method_specs
+
+    return (*method_specs(), "retrieval")
 
 
 def _entry(
@@ -41,47 +46,23 @@ def _entry(
 
 def summarize(method: str, size: int = 256) -> dict[str, Any]:
     """``{"method": m, "networks": {NAME: {"params": int, "input_shapes", "output_shape",
-    ["frozen_params"]}}}`` for a `size`×`size` RGB input, batch 1."""
-    from mdir.methods import config as mc
+    ["frozen_params"]}}}`` for a `size`×`size` RGB input, batch 1 (the networks come from the
+    method's spec)."""
+    from mdir.methods.specs import method_specs
 
-    if method not in SUMMARY_METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(SUMMARY_METHODS)}")
+    valid = summary_methods()
+    if method not in valid:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(valid)}")
     nets: dict[str, Any] = {}
     with torch.device("meta"):
-        img = torch.empty(1, 3, size, size)
-        pair = torch.empty(1, 6, size, size)
-        if method == "pix2pix":
-            from mdir.methods.pix2pix import build_pix2pix_discriminator, build_pix2pix_generator
-
-            cfg = mc.Pix2PixConfig()
-            nets["G"] = _entry(build_pix2pix_generator(cfg), (img,))
-            nets["D"] = _entry(build_pix2pix_discriminator(cfg), (pair,))
-        elif method == "cyclegan":
-            from mdir.methods.cyclegan import build_cyclegan_discriminator, build_cyclegan_generator
-
-            cfg = mc.CycleGANConfig()
-            for k in ("G_A", "G_B"):
-                nets[k] = _entry(build_cyclegan_generator(cfg), (img,))
-            for k in ("D_A", "D_B"):
-                nets[k] = _entry(build_cyclegan_discriminator(cfg), (img,))
-        elif method == "mduit":
-            from mdir.methods.mduit import build_mduit_networks
-
-            cfg = mc.MDUITConfig()
-            m, _ = build_mduit_networks(cfg, load_pretrained=False)
-            c = m["E_c"].out_channels
-            s = size // 2**cfg.n_downsample
-            feat = torch.empty(1, c, s, s)
-            nets["E_c"] = _entry(m["E_c"], (img,))
-            nets["E_a"] = _entry(m["E_a"], (img,), frozen=m["E_a"].vgg)
-            nets["G"] = _entry(m["G"], (feat,))
-            nets["D_i"] = _entry(m["D_i"], (img,))
-            nets["D_a"] = _entry(m["D_a"], (pair,))
-            nets["H"] = _entry(m["H"], (feat,))
-        else:
+        if method == "retrieval":  # not a translation method: the embedding network
             from mdir.models.retrieval import RetrievalNet
 
+            img = torch.empty(1, 3, size, size)
             nets["net"] = _entry(RetrievalNet("vgg16", allow_random=True), (img,))
+        else:
+            for name, (net, inputs, frozen) in method_specs()[method].summary(size).items():
+                nets[name] = _entry(net, inputs, frozen)
     return {"method": method, "networks": nets}
 
 

@@ -1,11 +1,11 @@
 """MLflow "models from code" pyfunc for a registered mdir generator (no pickle anywhere).
 
-Logged by `mdir.training.registry.register_generator` with ``python_model=<this file>``
+Logged by `mdir.registry.generators.register_generator` with ``python_model=<this file>``
 and two artifacts: ``weights`` (the generator state dict as safetensors) and ``config``
 (the method config as JSON). Loading rebuilds the network with
 `mdir.methods.build_generator` and translates with `mdir.methods.translate_with`.
 
-Input: float32 images [B, 3, H, W] in [-1, 1]; MDUIT takes a dict
+Input: float32 images [B, 3, H, W] in [-1, 1]; a method that needs a reference (MDUIT) takes a dict
 ``{"images": ..., "reference": ...}`` (reference = target-appearance images, same
 shape). Output: translated float32 [B, 3, H, W] in [-1, 1].
 """
@@ -27,7 +27,7 @@ class MdirGenerator(mlflow.pyfunc.PythonModel):
         from safetensors.torch import load_file
 
         from mdir.methods import build_generator
-        from mdir.methods.config import parse_method_config
+        from mdir.methods.specs import parse_method_config
 
         with open(context.artifacts["config"]) as f:
             self.cfg = parse_method_config(json.load(f))

@@ -1,4 +1,5 @@
-"""`mdir models translate` and `mdir models list` (registered generators in MLflow)."""
+"""`mdir models`: `summary` (a method's networks), `translate` and `list` (registered
+generators in MLflow). The one CLI of the registry; nothing below it imports this module."""
 
 from __future__ import annotations
 
@@ -8,7 +9,26 @@ from typing import Annotated
 
 import typer
 
-from mdir.models.cli import app
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("summary")
+def summary(
+    method: str = typer.Argument(
+        ..., help="A method of the table (pix2pix, cyclegan, …) or retrieval."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    size: int = typer.Option(256, "--size", min=32, help="Input image side for the output shapes."),
+) -> None:
+    """Build a method's default networks (random init, CPU, shape-only forward) and print
+    each network's parameter count and output shape for a SIZE×SIZE input."""
+    from mdir.methods.summary import format_summary, summarize, summary_methods
+
+    valid = summary_methods()
+    if method not in valid:
+        raise typer.BadParameter(f"unknown method {method!r}; valid: {', '.join(valid)}")
+    result = summarize(method, size)
+    typer.echo(json.dumps(result) if as_json else format_summary(result))
 
 
 def _load_image(path: Path, size: int):
@@ -42,12 +62,12 @@ def translate_cmd(
     import torch
     from PIL import Image
 
-    from mdir.training.registry import load_translator
+    from mdir.registry.generators import load_translator
 
     tr = load_translator(model_uri)
-    if tr.method == "mduit" and reference is None:
+    if tr.needs_reference and reference is None:
         raise typer.BadParameter(
-            "mduit translates towards a reference appearance: give --reference IMAGE"
+            f"{tr.method} translates towards a reference appearance: give --reference IMAGE"
         )
     ref = _load_image(reference, size).unsqueeze(0) if reference is not None else None
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +105,7 @@ def list_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Registered models (MLFLOW_TRACKING_URI): name, version, aliases, run and metrics."""
-    from mdir.training.registry import list_models
+    from mdir.registry.generators import list_models
 
     rows = list_models(prefix=prefix)
     if as_json:
