@@ -18,6 +18,10 @@ def test_bench_step_smoke(tmp_path, method):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
-    assert data["method"] == method and data["ratios"]["eager"] == 1.0
+    assert data["method"] == method
     assert set(data["variants"]) == {"eager", "channels_last"}
-    assert data["variants"]["channels_last"]["steps_per_s"] > 0
+    v = data["variants"]
+    assert v["channels_last"]["steps_per_s"] > 0 and v["eager"]["steps_per_s"] > 0
+    # each ratio is that variant's steps/s over eager's, measured in the same run
+    ratio = v["channels_last"]["steps_per_s"] / v["eager"]["steps_per_s"]
+    assert data["ratios"]["channels_last"] == pytest.approx(ratio, rel=1e-2, abs=1e-3)
