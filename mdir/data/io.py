@@ -24,7 +24,6 @@ import os
 import posixpath
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -275,12 +274,6 @@ def remove_temp_files(uri: str) -> int:
                     fs.rm(p)
                     n += 1
     return n
-
-
-def list_files(uri: str) -> Iterator[str]:
-    """All files below `uri` (recursively), as paths inside the filesystem, sorted."""
-    fs, path = get_fs(uri)
-    yield from sorted(fs.find(path))
 
 
 def arrow_filesystem(uri: str):

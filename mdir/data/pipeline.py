@@ -29,7 +29,6 @@ every rank (cycling a stream that runs out), so DDP never waits for a missing ba
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -58,21 +57,6 @@ def resolve_domains(manifest: Manifest, cfg: DataConfig) -> tuple[list[str], lis
 
 
 # ---------------------------------------------------------------- datasets
-
-
-def read_shards_dataset(manifest: Manifest, columns: list[str], parallelism: int = 2):
-    """`ray.data.read_parquet` over exactly the shards listed in the manifest (for
-    consumers that want raw rows; the training pipeline reads row groups itself)."""
-    import ray.data
-
-    uris = manifest.shard_uris()
-    if not uris:
-        raise io.DataPathError(f"dataset {manifest.uri!r} has no shards")
-    fs = io.arrow_filesystem(manifest.uri)
-    paths = uris if fs is None else [u.split("://", 1)[1] for u in uris]
-    return ray.data.read_parquet(
-        paths, filesystem=fs, columns=columns, override_num_blocks=max(len(paths), parallelism)
-    )
 
 
 def row_group_items(manifest: Manifest) -> list[dict[str, Any]]:
@@ -381,15 +365,3 @@ def iter_images(
             n += 1
             if limit is not None and n >= limit:
                 return
-
-
-def wait_for_cluster_cpus(min_cpus: float = 1.0, timeout: float = 30.0) -> None:
-    """Block until the connected Ray cluster reports CPUs (avoids a silent hang)."""
-    import ray
-
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if ray.cluster_resources().get("CPU", 0) >= min_cpus:
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"Ray cluster has no CPUs after {timeout}s")

@@ -45,19 +45,6 @@ def decode_many(blobs: list[bytes]) -> list[torch.Tensor]:
     return out  # type: ignore[return-value]
 
 
-def resize_short_side(img: torch.Tensor, side: int) -> torch.Tensor:
-    """uint8 [3, H, W] → short side = `side` (only shrinks; aspect kept; antialiased)."""
-    h, w = img.shape[-2:]
-    if min(h, w) <= side:
-        return img
-    s = side / min(h, w)
-    nh, nw = max(round(h * s), 1), max(round(w * s), 1)
-    x = F.interpolate(
-        img[None].float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False
-    )
-    return x[0].round_().clamp_(0, 255).to(torch.uint8)
-
-
 def resize_exact(img: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 [3, H, W] → [3, size, size] (aspect not kept: the thesis' RobotCar setting)."""
     if img.shape[-2:] == (size, size):

@@ -122,8 +122,3 @@ def load_trunk(
 def load_vgg16(source: str | None = None, allow_random: bool = False) -> tuple[nn.Module, str]:
     """VGG-16 conv trunk (`VGG16Trunk`, use ``.features``) and the label of its weights."""
     return load_trunk("vgg16", source, allow_random)
-
-
-def load_resnet50(source: str | None = None, allow_random: bool = False) -> tuple[nn.Module, str]:
-    """torchvision ResNet-50 and the label of its weights."""
-    return load_trunk("resnet50", source, allow_random)

@@ -56,14 +56,6 @@ class EmbeddingModel(nn.Module):
         self.net.meta["whitening"] = True
         self.net.meta["outputdim"] = lin.out_features
 
-    def whitening_state(self) -> dict[str, Tensor]:
-        if self.net.whiten is None:
-            return {}
-        return {
-            "whiten.weight": self.net.whiten.weight.detach(),
-            "whiten.bias": self.net.whiten.bias.detach(),
-        }
-
     def load_whitening_state(self, state: dict[str, Tensor]) -> None:
         if "whiten.weight" not in state:
             return

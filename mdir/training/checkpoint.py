@@ -59,10 +59,6 @@ def save_module(module: nn.Module, path: str | Path) -> None:
     save_file(_tensors_for_safetensors(unwrap(module).state_dict()), str(path))
 
 
-def load_module(module: nn.Module, path: str | Path, strict: bool = True) -> None:
-    unwrap(module).load_state_dict(load_file(str(path)), strict=strict)
-
-
 def rng_state() -> dict[str, Any]:
     """torch (+cuda), numpy and python RNG states as weights_only-loadable values."""
     np_state = np.random.get_state()

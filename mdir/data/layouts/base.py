@@ -84,10 +84,6 @@ class LayoutBase:
         return {}
 
 
-def is_image_name(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTS)
-
-
 def quat_to_matrix(q: tuple[float, float, float, float]) -> list[list[float]]:
     w, x, y, z = q
     n = (w * w + x * x + y * y + z * z) ** 0.5 or 1.0
@@ -173,19 +169,6 @@ def read_first_pickle(src: str, names: list[str], layout: str) -> tuple[str, Any
         if fs.exists(io.get_fs(uri)[1]):
             return n, safe_unpickle(io.read_bytes(uri))
     raise io.DataPathError(f"{src!r} has none of {names} ({layout} layout)")
-
-
-def read_pose_files(src: str, names: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
-    """Poses from whichever of `names` exist under `src` (``name qw qx qy qz tx ty tz``)."""
-    from mdir.data import io
-
-    poses: dict[str, tuple[float, ...]] = {}
-    for n in names:
-        uri = io.join(src, n)
-        fs, path = io.get_fs(uri)
-        if fs.exists(path):
-            poses.update(read_pose_file(io.read_bytes(uri).decode("utf-8", errors="replace")))
-    return poses
 
 
 def list_images(src: str, sub: str) -> list[tuple[str, str]]:
