@@ -50,7 +50,7 @@ demo: fid-weights ## synthetic data -> Ray job -> MLflow model; leaves services 
 demo-mduit: fid-weights ## the same demo training MDUIT (the thesis method; slower, see README)
 	$(RUN) python -m mdir.demo up --method mduit
 
-demo-thesis: install ## after `make demo`: GAN augmentation vs baseline on night retrieval, 3 seeds (~15 min)
+demo-thesis: install ## after `make demo`: GAN augmentation vs baseline on night retrieval, 3 seeds (~10 min on 2 cores)
 	$(RUN) python -m mdir.demo thesis
 
 demo-down: ## stop exactly what `make demo` started
