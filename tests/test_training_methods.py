@@ -79,8 +79,9 @@ def test_method_trains_registers_and_translates(
     assert r.error is None, r.error
     assert r.metrics["step"] == 2
     assert r.model_uri == f"models:/mdir-{method}-synth-tests@candidate"
-    # sample grid: rows of source | translation | target at 32 px
-    assert Image.open(r.sample_grid).size == (3 * 32, 2 * 32)
+    # sample grid: 2 labelled rows of source | translation | target, 32 px tiles shown at 128
+    w, h = Image.open(r.sample_grid).size
+    assert w == 3 * (128 + 4) + 4 and 2 * (128 + 4) < h < 3 * (128 + 4)
 
     client = MlflowClient()
     run = client.get_run(r.mlflow_run_id)
