@@ -104,6 +104,9 @@ def test_method_trains_registers_and_translates(
         assert run.data.tags["mdir.feature_extractor"].startswith("random_inception")
     arts = {a.path for a in client.list_artifacts(r.mlflow_run_id)}
     assert {"samples", "checkpoint", "config", "model_card.md"} <= arts
+    grids = {a.path for a in client.list_artifacts(r.mlflow_run_id, "samples")}
+    # reference-guided methods also get one source towards every condition (issue 20)
+    assert any("conditions_step" in g for g in grids) == (method == "mduit"), grids
     # the run page: the dataset as the run's input and a description with the method
     inputs = run.inputs.dataset_inputs
     assert len(inputs) == 1 and inputs[0].dataset.source == data

@@ -528,19 +528,55 @@ def eta_text(done: int, seconds: float, remaining: int) -> str:
     return f" | ETA {left // 60}m{left % 60:02d}s"
 
 
+def _u8(t: torch.Tensor) -> np.ndarray:
+    """One image, float CHW in [-1, 1] → uint8 HWC."""
+    t = t.detach().float().cpu()
+    return ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 def grid_image(
     src: torch.Tensor, out: torch.Tensor, tgt: torch.Tensor | None, title: str | None = None
 ) -> np.ndarray:
     """Labelled grid, one row per sample: source | translation | target ([-1, 1] → uint8)."""
     from mdir.viz import labelled_grid
 
-    def u8(t: torch.Tensor) -> np.ndarray:
-        return ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
     cols = [src, out] + ([tgt] if tgt is not None else [])
     names = ["source", "translation"] + (["target / reference"] if tgt is not None else [])
-    cells = [[u8(c[i].float().cpu()) for c in cols] for i in range(src.shape[0])]
+    cells = [[_u8(c[i]) for c in cols] for i in range(src.shape[0])]
     return labelled_grid(cells, names, title=title)
+
+
+def condition_grid(
+    method: Any, plan: Any, fixed: Any, step: int, sources: int = 3
+) -> np.ndarray | None:
+    """Reference-guided methods (MDUIT): a few fixed sources, each translated towards one
+    reference image of every condition in the data (top row: the references). None when
+    the data has fewer than two conditions or no image store."""
+    from mdir.viz import labelled_grid
+
+    store = plan.store()
+    if store is None or fixed is None:
+        return None
+    meta, ids = store.meta(), store.ids()
+    picked = [
+        (name, np.flatnonzero(meta["condition"] == ci)) for ci, name in enumerate(store.conditions)
+    ]
+    picked = [(name, int(ids[hit[0]])) for name, hit in picked if len(hit)]
+    if len(picked) < 2:
+        return None
+    refs = store.load([i for _, i in picked])
+    src = fixed[0][:sources]
+    blank = np.full_like(_u8(src[0]), 255)
+    cells = [[blank] + [_u8(r) for r in refs]]
+    for i in range(src.shape[0]):
+        out = _translate(method, src[i : i + 1].expand(len(refs), -1, -1, -1), refs)
+        cells.append([_u8(src[i])] + [_u8(o) for o in out])
+    return labelled_grid(
+        cells,
+        ["source"] + [name for name, _ in picked],
+        ["reference"] + [f"source {i + 1}" for i in range(src.shape[0])],
+        title=f"step {step}: each source towards every condition",
+    )
 
 
 def save_grid(
@@ -635,6 +671,13 @@ def _finish(
     grid = _log_samples(tracker, method, fixed, step, out_dir=grid_dir)
     if grid:
         out["sample_grid"] = grid
+    if tracker is not None and spec_of(cfg.method).needs_reference:
+        try:
+            arr = condition_grid(method, plan, fixed, step)
+            if arr is not None:
+                tracker.log_image(arr, f"samples/conditions_step{step:07d}.png")
+        except Exception as e:  # a picture must not fail the run
+            log.warning("condition grid at step %d failed: %s", step, e)
     final_eval = evaluate(tracker, cfg, method, plan, step) if cfg.train.evaluate else {}
     final_metrics = {**metrics, **final_eval}
     out.update(final_metrics)
