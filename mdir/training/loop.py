@@ -468,7 +468,9 @@ def _log_start(tracker: Any, cfg: TrainJobConfig, spe: int, world: int) -> None:
 
 
 def _log_dataset(tracker: Any, cfg: TrainJobConfig) -> None:
-    """Name, digest (sha256 of the manifest, first 16 hex) and URI of the training data."""
+    """Name, digest and URI of the training data. The digest (sha256 of URI + manifest, first
+    16 hex) includes the location: MLflow keeps one dataset per (name, digest) in an
+    experiment, so identical copies at two paths would otherwise show the first path."""
     try:
         import hashlib
 
@@ -477,7 +479,8 @@ def _log_dataset(tracker: Any, cfg: TrainJobConfig) -> None:
 
         raw = io.read_bytes(io.join(cfg.data.uri, MANIFEST_NAME))
         name = read_manifest(cfg.data.uri).name
-        tracker.log_dataset(name, hashlib.sha256(raw).hexdigest()[:16], cfg.data.uri)
+        digest = hashlib.sha256(cfg.data.uri.encode() + b"\n" + raw).hexdigest()[:16]
+        tracker.log_dataset(name, digest, cfg.data.uri)
     except Exception as e:  # a description must not stop training
         log.warning("dataset not logged as the run's input: %s", e)
 
