@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -182,25 +183,36 @@ def submit_job(
         + " --working-dir . -- "
         + " ".join(entrypoint)
     )
+    return run_logged(
+        cmd, head.client_env(), root, log_file, lambda line: _prefixed("  | ", shown_line(line))
+    )
+
+
+def _prefixed(prefix: str, text: str | None) -> str | None:
+    return None if text is None else prefix + text
+
+
+def run_logged(
+    cmd: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    log_file: Path,
+    show: Callable[[str], str | None],
+) -> tuple[int, str]:
+    """Run `cmd`, writing every output line to `log_file` and `show(line)` (None = log
+    only) to the screen; returns the exit code and the whole output."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     with open(log_file, "w") as log:
-        proc = subprocess.Popen(
-            cmd,
-            env=head.client_env(),
-            cwd=root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)  # fmt: skip
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
             lines.append(line)
-            shown = shown_line(line)
+            shown = show(line)
             if shown is not None:
-                sys.stdout.write("  | " + shown + "\n")
+                sys.stdout.write(shown.rstrip("\n") + "\n")
                 sys.stdout.flush()
         rc = proc.wait()
     return rc, "".join(lines)
@@ -654,16 +666,9 @@ def thesis(
            "--set", f"data.uri={data}", "--set", f"augment.generator={generator}"]  # fmt: skip
     env = {**os.environ, **mlflow.env}
     log_file = outd / "thesis.log"
-    with open(log_file, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)  # fmt: skip
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if not line.startswith("{"):
-                sys.stdout.write("  " + line)
-                sys.stdout.flush()
-        rc = proc.wait()
+    rc, _ = run_logged(
+        cmd, env, root, log_file, lambda line: None if line.startswith("{") else "  " + line
+    )
     if rc != 0:
         _say(f"\nthe comparison failed (exit {rc}): see {log_file}")
         raise typer.Exit(1)

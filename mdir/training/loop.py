@@ -531,21 +531,16 @@ def eta_text(done: int, seconds: float, remaining: int) -> str:
     return f" | ETA {left // 60}m{left % 60:02d}s"
 
 
-def _u8(t: torch.Tensor) -> np.ndarray:
-    """One image, float CHW in [-1, 1] → uint8 HWC."""
-    t = t.detach().float().cpu()
-    return ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
 def grid_image(
     src: torch.Tensor, out: torch.Tensor, tgt: torch.Tensor | None, title: str | None = None
 ) -> np.ndarray:
     """Labelled grid, one row per sample: source | translation | target ([-1, 1] → uint8)."""
+    from mdir.metrics.gan import unit_to_uint8
     from mdir.viz import labelled_grid
 
-    cols = [src, out] + ([tgt] if tgt is not None else [])
+    cols = [unit_to_uint8(c.cpu()) for c in [src, out] + ([tgt] if tgt is not None else [])]
     names = ["source", "translation"] + (["target / reference"] if tgt is not None else [])
-    cells = [[_u8(c[i]) for c in cols] for i in range(src.shape[0])]
+    cells = [[c[i] for c in cols] for i in range(src.shape[0])]
     return labelled_grid(cells, names, title=title)
 
 
@@ -555,6 +550,7 @@ def condition_grid(
     """Reference-guided methods (MDUIT): a few fixed sources, each translated towards one
     reference image of every condition in the data (top row: the references). None when
     the data has fewer than two conditions or no image store."""
+    from mdir.metrics.gan import unit_to_uint8
     from mdir.viz import labelled_grid
 
     store = plan.store()
@@ -569,11 +565,11 @@ def condition_grid(
         return None
     refs = store.load([i for _, i in picked])
     src = fixed[0][:sources]
-    blank = np.full_like(_u8(src[0]), 255)
-    cells = [[blank] + [_u8(r) for r in refs]]
+    src_u8 = unit_to_uint8(src.cpu())
+    cells = [[np.full_like(src_u8[0], 255), *unit_to_uint8(refs.cpu())]]
     for i in range(src.shape[0]):
         out = _translate(method, src[i : i + 1].expand(len(refs), -1, -1, -1), refs)
-        cells.append([_u8(src[i])] + [_u8(o) for o in out])
+        cells.append([src_u8[i], *unit_to_uint8(out)])
     return labelled_grid(
         cells,
         ["source"] + [name for name, _ in picked],
