@@ -153,6 +153,26 @@ class FakeEvaluator:
         return m
 
 
+class EmaProbe(FakeEvaluator):
+    """`FakeEvaluator` that also writes, at each evaluation, the generator weights it sees
+    (the EMA ones when the loop keeps an EMA) and the raw parameters the fake method dumped
+    after this step (`FakeMethod(dump_dir=...)`), for the EMA test to check the recurrence."""
+
+    def __init__(self, values: dict[int, float], out_dir: str, dump_dir: str) -> None:
+        super().__init__(values)
+        self.out_dir, self.dump_dir = out_dir, dump_dir
+
+    def __call__(self, tracker: Any, cfg: Any, method: Any, plan: Any, step: int) -> dict:
+        from safetensors.torch import save_file
+
+        seen = {k: v.detach().cpu().clone() for k, v in method.generator().state_dict().items()}
+        save_file(seen, os.path.join(self.out_dir, f"seen_step{step}.safetensors"))
+        raw = torch.load(os.path.join(self.dump_dir, "rank0.pt"), weights_only=True)
+        assert int(raw["step"]) == method.steps
+        torch.save(raw, os.path.join(self.out_dir, f"raw_step{step}.pt"))
+        return super().__call__(tracker, cfg, method, plan, step)
+
+
 class RandomPlan:
     """`DataPlan` of random 8×8 tensors; each rank draws different data."""
 

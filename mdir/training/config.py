@@ -89,6 +89,15 @@ class TrainSection(StrictModel):
         "most the split's size). FID/KID rankings on fewer images are noise-dominated: the "
         "default 2000 means min(2000, val split size).",
     )
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the generator's weights with this "
+        "decay β (θ_ema ← β·θ_ema + (1−β)·θ each step; StarGAN v2 uses 0.999) and evaluate, "
+        "checkpoint as the generator, and register the EMA weights instead of the raw ones. "
+        "None = the raw weights.",
+    )
     stall_timeout_s: float = Field(
         600.0,
         ge=0,

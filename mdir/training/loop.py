@@ -39,6 +39,7 @@ from mdir.methods.specs import spec_of
 from mdir.training import checkpoint as ckpt
 from mdir.training import selection
 from mdir.training.config import TrainJobConfig
+from mdir.training.ema import EMA_FILE, GeneratorEMA, maybe_applied
 from mdir.training.watchdog import stall_message, watch_batches
 
 log = logging.getLogger("mdir.training")
@@ -130,6 +131,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         factory = get_method_factory(cfg.method.name)
     method = factory(cfg.method, device)
     wrap_networks(method, device, world, cfg.train.find_unused_parameters)
+    gen_module = ckpt.unwrap(method.generator())
+    ema = GeneratorEMA(gen_module, cfg.train.ema_decay) if cfg.train.ema_decay else None
     optimizers = method.configure_optimizers()
     epochs = cfg.train.epochs
     schedulers = {
@@ -150,12 +153,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state: dict[str, Any] = {}
     if restored is not None:
         try:
-            state = _restore(restored, method, optimizers, schedulers, rank)
+            state = _restore(restored, method, optimizers, schedulers, rank, ema)
         except ckpt.CheckpointCorruptError as e:
             fatal = str(e)
     if fatal is None:
         try:
-            _check_disk_space(cfg, method, optimizers, scored=_scored(cfg))
+            _check_disk_space(cfg, method, optimizers, scored=_scored(cfg), ema=ema)
         except OSError as e:
             fatal = str(e)
     if fatal is not None:
@@ -233,11 +236,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     extra=extra,
                     config_yaml=dump_config(cfg),
                 )
+            if rank == 0 and ema is not None:
+                ema.save(os.path.join(d, EMA_FILE))  # resume state
+                ema.save(os.path.join(d, ckpt.GENERATOR_FILE))  # what is scored and registered
             ckpt.save_rng(d, rank)
             ckpt.write_manifest(d, rank, world)
             if final and rank == 0:
                 metrics.update(
-                    _finish(tracker, cfg, method, d, last_metrics, fixed, plan, evaluate)
+                    _finish(tracker, cfg, method, d, last_metrics, fixed, plan, evaluate, ema)
                 )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         last_ckpt_step = step
@@ -268,6 +274,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for batch in batches:
             with amp:
                 losses = method.train_step(batch)
+            if ema is not None:
+                ema.update(gen_module)
             step += 1
             step_in_epoch += 1
             steps_run += 1
@@ -308,14 +316,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 and step % cfg.train.sample_every == 0
                 and step < total_steps
             ):
-                _log_samples(tracker, method, fixed, step)
+                with maybe_applied(ema, gen_module):
+                    _log_samples(tracker, method, fixed, step)
             if (
                 rank == 0
                 and cfg.train.eval_every
                 and step % cfg.train.eval_every == 0
                 and step < total_steps
             ):
-                last_metrics = evaluate(tracker, cfg, method, plan, step)
+                with maybe_applied(ema, gen_module):
+                    last_metrics = evaluate(tracker, cfg, method, plan, step)
                 eval_step = step
             if (
                 (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0)
@@ -353,7 +363,12 @@ def _eval_point(cfg: TrainJobConfig, step: int) -> bool:
 
 
 def _restore(
-    latest: Any, method: Any, optimizers: dict[str, Any], schedulers: dict[str, Any], rank: int
+    latest: Any,
+    method: Any,
+    optimizers: dict[str, Any],
+    schedulers: dict[str, Any],
+    rank: int,
+    ema: GeneratorEMA | None = None,
 ) -> dict[str, Any]:
     """Load the newest intact checkpoint: `latest` unless its files differ from its
     manifest (truncated, zero-length, half-uploaded), then the older ones beside it, with
@@ -379,6 +394,8 @@ def _restore(
                     rank=rank,
                 )
                 method.load_state_dict(state["method"])
+                if ema is not None:
+                    _restore_ema(ema, d, method, rank)
             except Exception as e:
                 raise ckpt.CheckpointCorruptError(
                     f"checkpoint {cand.path} matches its manifest but cannot be loaded "
@@ -390,8 +407,25 @@ def _restore(
     )
 
 
+def _restore_ema(ema: GeneratorEMA, directory: str, method: Any, rank: int) -> None:
+    """The EMA of the checkpoint; one without it (EMA switched on for a resumed run) starts
+    the average from the restored weights, with a warning."""
+    path = os.path.join(directory, EMA_FILE)
+    if os.path.exists(path):
+        ema.load(path)
+        return
+    if rank == 0:
+        log.warning("checkpoint has no %s: the EMA starts from the restored weights", EMA_FILE)
+    fresh = GeneratorEMA(ckpt.unwrap(method.generator()), ema.decay)
+    ema.shadow = fresh.shadow
+
+
 def _check_disk_space(
-    cfg: TrainJobConfig, method: Any, optimizers: dict[str, Any], scored: bool
+    cfg: TrainJobConfig,
+    method: Any,
+    optimizers: dict[str, Any],
+    scored: bool,
+    ema: GeneratorEMA | None = None,
 ) -> None:
     """On local storage, refuse to start unless the disk holds the checkpoints Ray keeps
     (num_to_keep, + the latest beside the best ones when scored) and one being written."""
@@ -404,6 +438,8 @@ def _check_disk_space(
     per = ckpt.estimate_checkpoint_bytes(
         unwrapped_networks(method), ckpt.unwrap(method.generator()), optimizers
     )
+    if ema is not None:  # ema.safetensors beside the generator file
+        per += sum(v.numel() * v.element_size() for v in ema.shadow.values())
     n = cfg.storage.num_to_keep + 1 + int(scored)
     ckpt.check_disk_space(storage.experiment_fs_path, per, n)
 
@@ -656,10 +692,12 @@ def _finish(
     fixed: Any,
     plan: Any,
     evaluate: Callable[..., dict[str, float]] = _evaluate,
+    ema: GeneratorEMA | None = None,
 ) -> dict[str, Any]:
     """Rank 0 at the end: final samples, evaluation, checkpoint artifact, model card,
     registration of the best-scored checkpoint's generator (the final one when nothing was
-    scored). Returns what goes into the final report (run id, model URI, grid path, score)."""
+    scored). Returns what goes into the final report (run id, model URI, grid path, score).
+    With an EMA, the pictures and the evaluation use the EMA weights, as registered."""
     from mdir.registry import generators as registry
 
     meta = ckpt.read_meta(ckpt_dir)
@@ -667,17 +705,19 @@ def _finish(
     out: dict[str, Any] = {}
     grid_dir = os.path.join(tempfile.gettempdir(), "mdir-samples", cfg.storage.name or "run")
     os.makedirs(grid_dir, exist_ok=True)
-    grid = _log_samples(tracker, method, fixed, step, out_dir=grid_dir)
+    with maybe_applied(ema, ckpt.unwrap(method.generator())):
+        grid = _log_samples(tracker, method, fixed, step, out_dir=grid_dir)
+        final_eval = evaluate(tracker, cfg, method, plan, step) if cfg.train.evaluate else {}
     if grid:
         out["sample_grid"] = grid
     if tracker is not None and spec_of(cfg.method).needs_reference:
         try:
-            arr = condition_grid(method, plan, fixed, step)
+            with maybe_applied(ema, ckpt.unwrap(method.generator())):
+                arr = condition_grid(method, plan, fixed, step)
             if arr is not None:
                 tracker.log_image(arr, f"samples/conditions_step{step:07d}.png")
         except Exception as e:  # a picture must not fail the run
             log.warning("condition grid at step %d failed: %s", step, e)
-    final_eval = evaluate(tracker, cfg, method, plan, step) if cfg.train.evaluate else {}
     final_metrics = {**metrics, **final_eval}
     out.update(final_metrics)
     final_score = selection.score(
@@ -701,13 +741,17 @@ def _finish(
         {
             "mdir.registered_step": str(reg_step),
             "mdir.final_step": str(step),
+            "mdir.generator_weights": _weights_label(ema),
             "mlflow.note.content": run_description(cfg, step, final_metrics),
         }
     )
     tracker.log_text(registry.model_card(cfg, reg_metrics, reg_step), "model_card.md")
     model_uri = None
     if cfg.mlflow.register:
-        version_tags = {"mdir.checkpoint_step": str(reg_step)}
+        version_tags = {
+            "mdir.checkpoint_step": str(reg_step),
+            "mdir.generator_weights": _weights_label(ema),
+        }
         key = selection.selection_key(reg_metrics, cfg.storage.checkpoint_metric)
         if key:
             version_tags["mdir.selection_metric"] = key.removeprefix("eval/")
@@ -722,6 +766,11 @@ def _finish(
     if model_uri:
         out["model_uri"] = model_uri
     return out
+
+
+def _weights_label(ema: GeneratorEMA | None) -> str:
+    """What the registered generator file holds: ``raw`` or ``ema(<decay>)``."""
+    return "raw" if ema is None else f"ema({ema.decay:g})"
 
 
 def _registered_generator(
