@@ -92,8 +92,16 @@ class FakeMethod:
                     for p in self.networks[n].parameters()
                 ]
             )
+            bufs = torch.cat(
+                [
+                    b.detach().flatten().float().cpu()
+                    for n in ("G", "D")
+                    for b in self.networks[n].buffers()
+                ]
+            )
             torch.save(
-                {"step": self.steps, "params": vec}, os.path.join(self.dump_dir, f"rank{rank}.pt")
+                {"step": self.steps, "params": vec, "buffers": bufs},
+                os.path.join(self.dump_dir, f"rank{rank}.pt"),
             )
         return {"G": loss_g.item(), "D": loss_d.item()}
 

@@ -89,6 +89,13 @@ class TrainSection(StrictModel):
         "most the split's size). FID/KID rankings on fewer images are noise-dominated: the "
         "default 2000 means min(2000, val split size).",
     )
+    sync_batchnorm: bool = Field(
+        False,
+        description="Compute BatchNorm statistics over all workers' batches (pix2pix under DDP "
+        "with small per-worker batches): torch's SyncBatchNorm on GPU, mdir's all-reduce "
+        "BatchNorm on CPU/gloo. Off = per-worker statistics (the reference's single-GPU "
+        "behaviour when one worker).",
+    )
     ema_decay: float | None = Field(
         None,
         gt=0,
@@ -115,6 +122,13 @@ class ScalingSection(StrictModel):
         1.0,
         gt=0,
         description="CPUs reserved per worker; on 2-core machines use 0.5 so Ray Data still gets CPU.",
+    )
+    cluster_config: str | None = Field(
+        None,
+        description="For autoscaling clusters: the cluster launcher YAML (e.g. cluster/gpu-aws.yaml) "
+        "or KubeRay RayCluster/RayJob manifest the cluster was started from. Requests are then "
+        "checked against its node types (what the autoscaler can add) instead of the nodes up "
+        "now, which on a cluster that starts with 0 GPU workers would refuse every GPU job.",
     )
 
 

@@ -36,6 +36,7 @@ from torch import nn
 from mdir.config import dump_config
 from mdir.methods.base import EpochContext
 from mdir.methods.specs import spec_of
+from mdir.models.syncbn import convert_sync_batchnorm
 from mdir.training import checkpoint as ckpt
 from mdir.training import selection
 from mdir.training.config import TrainJobConfig
@@ -65,15 +66,22 @@ def seed_everything(seed: int) -> None:
 
 
 def wrap_networks(
-    method: Any, device: torch.device, world_size: int, find_unused: bool = False
+    method: Any,
+    device: torch.device,
+    world_size: int,
+    find_unused: bool = False,
+    sync_batchnorm: bool = False,
 ) -> None:
     """Move every network to `device` and wrap each trainable one in its own DDP
-    (`method.networks[name]` is replaced, so the method's `train_step` runs through it)."""
+    (`method.networks[name]` is replaced, so the method's `train_step` runs through it);
+    with `sync_batchnorm`, its BatchNorms first become cross-rank ones."""
     frozen = set(getattr(method, "frozen", ()) or ())
     for name, net in list(method.networks.items()):
         net.to(device)
         trainable = any(p.requires_grad for p in net.parameters())
         if world_size > 1 and name not in frozen and trainable:
+            if sync_batchnorm:
+                net = convert_sync_batchnorm(net, device.type)
             ids = [device.index] if device.type == "cuda" else None
             with (
                 warnings.catch_warnings()
@@ -130,7 +138,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         factory = get_method_factory(cfg.method.name)
     method = factory(cfg.method, device)
-    wrap_networks(method, device, world, cfg.train.find_unused_parameters)
+    wrap_networks(method, device, world, cfg.train.find_unused_parameters, cfg.train.sync_batchnorm)
     gen_module = ckpt.unwrap(method.generator())
     ema = GeneratorEMA(gen_module, cfg.train.ema_decay) if cfg.train.ema_decay else None
     optimizers = method.configure_optimizers()
