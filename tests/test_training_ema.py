@@ -89,7 +89,9 @@ def test_save_load_round_trip_and_key_check(tmp_path):
 
 def test_decay_out_of_range_names_the_field(tmp_path):
     with pytest.raises(ConfigError, match="train.ema_decay"):
-        load_job_config(TINY, [f"data.uri={tmp_path}", "train.ema_decay=1.0"])
+        load_job_config(
+            TINY, ["method.name=cyclegan", f"data.uri={tmp_path}", "train.ema_decay=1.0"]
+        )
 
 
 def _load_seen(out: Path, step: int) -> dict[str, torch.Tensor]:

@@ -138,8 +138,15 @@ def check_resources(cfg: TrainJobConfig, *, check_data: bool = True) -> None:
 
     from mdir.training import preflight
 
-    plan = preflight.check_plan(cfg, ray.cluster_resources())
-    log.info("resource plan: %s", plan.describe(cfg))
+    if cfg.scaling.cluster_config:  # an autoscaling cluster: check against its node types
+        from mdir.training import autoscale
+
+        types = autoscale.node_types_from_file(cfg.scaling.cluster_config)
+        log.info("resource plan: %s", autoscale.check_autoscale_plan(cfg, types))
+        log.info("the cluster has %s now", ray.cluster_resources())
+    else:
+        plan = preflight.check_plan(cfg, ray.cluster_resources())
+        log.info("resource plan: %s", plan.describe(cfg))
     if check_data:
         check_visible_on_cluster(cfg.data.uri, "data.uri", timeout_s=cfg.storage.check_timeout_s)
 
