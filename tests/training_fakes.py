@@ -133,9 +133,19 @@ class FakeFactory:
     `count_file` gets one line per method built (one per rank and attempt)."""
 
     def __init__(
-        self, die_at_step: int = 0, marker: str = "", dump_dir: str = "", count_file: str = ""
+        self,
+        die_at_step: int = 0,
+        marker: str = "",
+        dump_dir: str = "",
+        count_file: str = "",
+        die_delay_s: float = 20.0,
     ) -> None:
-        self.kw = {"die_at_step": die_at_step, "marker": marker, "dump_dir": dump_dir}
+        self.kw = {
+            "die_at_step": die_at_step,
+            "marker": marker,
+            "dump_dir": dump_dir,
+            "die_delay_s": die_delay_s,
+        }
         self.count_file = count_file
 
     def __call__(self, cfg: Any, device: torch.device) -> FakeMethod:

@@ -161,6 +161,14 @@ class StorageSection(StrictModel):
     checkpoint_mode: Literal["min", "max"] = Field(
         "min", description="Whether a lower (min: FID, KID) or higher checkpoint_metric is better."
     )
+    upload: Literal["sync", "async"] = Field(
+        "sync",
+        description="Checkpoint upload: sync = every worker waits at the report until the "
+        "checkpoint is in storage; async = training goes on while Ray uploads it in the "
+        "background (Ray's CheckpointUploadMode.ASYNC; worth it for large checkpoints on "
+        "S3). A checkpoint counts only once its upload committed, so a crash mid-upload "
+        "resumes from the previous one. The final checkpoint is always uploaded synchronously.",
+    )
     check_timeout_s: float = Field(
         30.0,
         gt=0,

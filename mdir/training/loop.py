@@ -24,8 +24,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +229,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics[ckpt.SCORE_KEY] = selection.score(
                 metrics, cfg.storage.checkpoint_metric, cfg.storage.checkpoint_mode
             )
-        with tempfile.TemporaryDirectory(prefix="mdir-ckpt-") as d:
+        upload_async = cfg.storage.upload == "async" and not final
+        with _checkpoint_dir(upload_async) as d:
             if rank == 0:
                 ckpt.save_training_state(
                     d,
@@ -253,7 +254,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 metrics.update(
                     _finish(tracker, cfg, method, d, last_metrics, fixed, plan, evaluate, ema)
                 )
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            mode = ray.train.CheckpointUploadMode.ASYNC if upload_async else None
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(d),
+                **({"checkpoint_upload_mode": mode} if mode else {}),
+            )
         last_ckpt_step = step
 
     epoch = start_epoch
@@ -359,6 +365,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             steps_run / max(elapsed, 1e-9),
         )
     report(final=True)
+
+
+@contextmanager
+def _checkpoint_dir(upload_async: bool) -> Iterator[str]:
+    """A local directory for one checkpoint. Synchronous uploads are done when the report
+    returns, so the directory goes; an asynchronous one belongs to Ray, which uploads it in
+    the background and deletes it afterwards."""
+    if upload_async:
+        yield tempfile.mkdtemp(prefix="mdir-ckpt-")
+        return
+    with tempfile.TemporaryDirectory(prefix="mdir-ckpt-") as d:
+        yield d
 
 
 def _scored(cfg: TrainJobConfig) -> bool:
