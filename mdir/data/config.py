@@ -45,6 +45,11 @@ class DataConfig(StrictModel):
         0.6, gt=0.0, le=1.0, description="Smallest random scale (fraction of the short side)."
     )
     flip: bool = Field(True, description="Random horizontal flip with p = 0.5.")
+    pin_memory: bool = Field(
+        True,
+        description="On GPU workers, copy batches from page-locked memory (asynchronous "
+        "host-to-device copies); ignored on CPU.",
+    )
     materialize: bool = Field(
         True,
         description="Decode once and keep the decoded images in the Ray object store (fast for small "

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from mdir.data.config import DataConfig
+from mdir.data.pipeline import device_copy
 
 
 class DataPlan(Protocol):
@@ -92,7 +93,12 @@ class ShardDataPlan:
         )
         shards = {k: ray.train.get_dataset_shard(k) for k in keys}
         return iter_train_batches(
-            shards, self.batch_size, steps, device=device, shuffle_buffer=self.shuffle_buffer
+            shards,
+            self.batch_size,
+            steps,
+            device=device,
+            shuffle_buffer=self.shuffle_buffer,
+            pin_memory=self.data.pin_memory,
         )
 
     def store(self) -> Any:
@@ -238,5 +244,5 @@ class MemoryDataPlan(ShardDataPlan):
                         v = v.float() / 127.5 - 1.0
                         if flip:
                             v = v.flip(-1)
-                    batch[name] = v.to(device)
+                    batch[name] = device_copy(v, device, self.data.pin_memory)
             yield batch
