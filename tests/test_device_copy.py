@@ -13,4 +13,3 @@ def test_cpu_copy_ignores_pin_memory_and_keeps_values():
     out = device_copy(v, torch.device("cpu"), pin_memory=True)
     assert out.device.type == "cpu" and out.dtype == torch.uint8 and torch.equal(out, v)
     assert not out.is_pinned()  # pinning needs an accelerator; never attempted on CPU
-
