@@ -166,6 +166,14 @@ def test_transient_attributes_cartesian_product_per_webcam(tmp_path):
     assert "cam3" not in by_cam  # a webcam without a night image gives no pair
     lay = m.extra["layout"]
     assert (lay["webcams"], lay["unique_day_images"], lay["unique_night_images"]) == (2, 6, 4)
+    # the same webcams' unique images, unpaired (the thesis's CycleGAN on Transattr)
+    single = ingest(
+        str(src),
+        str(tmp_path / "images"),
+        "transient_attributes",
+        layout_options={"val_fraction": 0, "output": "images"},
+    )
+    assert not single.paired and single.counts == {"train": {"day": 6, "night": 4}}
 
 
 def test_transient_attributes_day_rule_and_webcam_split(tmp_path):

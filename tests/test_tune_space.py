@@ -181,7 +181,7 @@ def test_thesis_grid_is_the_thesis_grid():
         ("cyclegan", "aachen"),
         ("cyclegan", "robotcar"),
         ("cyclegan", "retrieval_sfm"),
-        ("cyclegan", "transient_attributes"),
+        ("cyclegan", "transient_attributes_images"),
         ("pix2pix", "transient_attributes"),
     }
     cfgs = validate_trials(space, base, trials)
@@ -338,3 +338,105 @@ def test_driver_env_inside_a_job_leaves_out_the_jobs_own_variables():
     }
     assert _job_env_keys({}) == set()
     assert _job_env_keys({"RAY_JOB_CONFIG_JSON_ENV_VAR": "not json"}) == set()
+
+
+def _thesis_datasets(root: Path) -> None:
+    """The thesis's five GAN training sets, written in the real layouts and ingested with
+    the options the grid's header names (README "Reproducing the papers")."""
+    from layout_fixtures import (
+        write_aachen,
+        write_retrieval_sfm,
+        write_robotcar_seasons,
+        write_transient_attributes,
+    )
+
+    from mdir.data.ingest import ingest
+
+    size = (24, 32)
+    raw = root / "raw"
+    write_aachen(raw / "aachen", n_db=6, n_day=4, n_night=10, size=size)
+    ingest(
+        str(raw / "aachen"), str(root / "aachen"), "aachen", layout_options={"val_fraction": "0.1"}
+    )
+    write_robotcar_seasons(raw / "robotcar", 2, size, cameras=("left", "rear"))
+    ingest(
+        str(raw / "robotcar"),
+        str(root / "robotcar"),
+        "robotcar_seasons",
+        layout_options={"camera": "rear", "conditions": "day_night", "val_fraction": "0.1"},
+    )
+    cids = {"train": [f"{i:06d}t{i}" for i in range(4)], "val": [f"{i:06d}v{i}" for i in range(2)]}
+    write_retrieval_sfm(raw / "sfm", cids, {"train": [1, 1, 2, 2], "val": [3, 3]}, size)
+    labels = raw / "sfm_daynight.txt"
+    labels.write_text(
+        "".join(
+            f"{c} {'night' if i % 2 else 'day'}\n"
+            for lst in cids.values()
+            for i, c in enumerate(lst)
+        )
+    )
+    ingest(
+        str(raw / "sfm"),
+        str(root / "retrieval_sfm"),
+        "retrieval_sfm",
+        layout_options={"labels": f"list:{labels}"},
+    )
+    write_transient_attributes(raw / "ta", {f"cam{i}": (2, 1) for i in range(10)}, size)
+    ingest(str(raw / "ta"), str(root / "transient_attributes"), "transient_attributes")
+    ingest(
+        str(raw / "ta"),
+        str(root / "transient_attributes_images"),
+        "transient_attributes",
+        layout_options={"output": "images"},
+    )
+
+
+def test_thesis_grid_dry_run_resolves_all_20_trials(tmp_path):
+    """Every trial's dataset, splits and domains exist, with rows in both streams of both
+    splits, in datasets built by the layouts the way the thesis built them; nothing trains."""
+    from mdir.tune.resolve import format_resolution, resolve_space
+
+    _thesis_datasets(tmp_path)
+    resolved = resolve_space(SPACES / "thesis_grid.yaml", tmp_path)
+    assert len(resolved) == 20
+    assert all(r.ok for r in resolved), format_resolution(resolved)
+    by_label = {r.label.split(",")[0]: r for r in resolved}
+    assert by_label["pix2pix-transattr"].rows == {"train": {"AB": 18}, "val": {"AB": 2}}
+    assert by_label["cyclegan-transattr"].rows == {
+        "train": {"A": 18, "B": 9},
+        "val": {"A": 2, "B": 1},
+    }
+    assert by_label["cyclegan-robotcar"].layout == "robotcar_seasons"
+    assert by_label["cyclegan-robotcar"].rows == {
+        "train": {"A": 9, "B": 3},
+        "val": {"A": 1, "B": 1},
+    }
+    assert by_label["cyclegan-rsfm"].rows == {"train": {"A": 2, "B": 2}, "val": {"A": 1, "B": 1}}
+    assert by_label["cyclegan-aachen"].rows == {"train": {"A": 9, "B": 9}, "val": {"A": 1, "B": 1}}
+
+
+def test_dry_run_names_what_a_trial_lacks(tmp_path):
+    """Aachen ingested with the benchmark's splits (db/query) cannot feed a GAN trial: the
+    dry run says which field, and the CLI exits 1."""
+    from layout_fixtures import write_aachen
+    from typer.testing import CliRunner
+
+    from mdir.data.ingest import ingest
+    from mdir.tune.cli import app
+    from mdir.tune.resolve import resolve_space
+
+    _thesis_datasets(tmp_path)
+    import shutil
+
+    shutil.rmtree(tmp_path / "aachen")
+    write_aachen(tmp_path / "raw2", n_db=3, n_day=2, n_night=2, size=(24, 32))
+    ingest(str(tmp_path / "raw2"), str(tmp_path / "aachen"), "aachen")
+    resolved = resolve_space(SPACES / "thesis_grid.yaml", tmp_path)
+    bad = [r for r in resolved if not r.ok]
+    assert {r.label.split(",")[0] for r in bad} == {"cyclegan-aachen"} and len(bad) == 4
+    assert "data.train_split: split 'train' not in" in bad[0].problems[0]
+    out = CliRunner().invoke(
+        app,
+        ["dry-run", "--space", str(SPACES / "thesis_grid.yaml"), "--data-root", str(tmp_path)],
+    )
+    assert out.exit_code == 1 and "16/20 trials resolve" in out.output

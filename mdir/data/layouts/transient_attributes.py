@@ -22,8 +22,13 @@ Options (``-o KEY=VALUE``):
 - ``val_fraction`` (0.1), ``split_seed`` (0): whole webcams are held out as ``val`` (seeded,
   see `seeded_val_split`), so no validation image — day or night — is seen in training.
 
-Output: a paired dataset, ``image`` = day, ``image_b`` = night, ``place`` = webcam; the
-options, webcam count and unique day/night counts are in ``manifest.extra["layout"]``.
+- ``output`` (``pairs``): ``pairs`` = a paired dataset for pix2pix, ``image`` = day,
+  ``image_b`` = night; ``images`` = the same webcams' unique day and night images as single
+  rows (conditions ``day`` / ``night``) for CycleGAN, which the thesis also trained on
+  Transattr (its 4774 day / 310 night images are these).
+
+``place`` = webcam. The options, webcam count and unique day/night counts are in
+``manifest.extra["layout"]``.
 """
 
 from __future__ import annotations
@@ -55,7 +60,12 @@ class TransientAttributesLayout(LayoutBase):
         day_threshold: float | str | None = None,
         val_fraction: float | str = 0.1,
         split_seed: int | str = 0,
+        output: str = "pairs",
     ) -> None:
+        if output not in ("pairs", "images"):
+            raise ValueError(f"layout option output={output!r}: choose pairs or images")
+        self.output = output
+        self.paired = output == "pairs"
         self.night_threshold = float(night_threshold)
         self.day_threshold = (
             None
@@ -121,6 +131,16 @@ class TransientAttributesLayout(LayoutBase):
                     )
                 continue
             split = "val" if cam in val else "train"
+            if self.output == "images":
+                for cond, names in (("day", days), ("night", cams.night[cam])):
+                    for name in names:
+                        yield Item(
+                            source=io.join(src, "imageLF", name),
+                            condition=cond,
+                            place=cam,
+                            split=split,
+                        )
+                continue
             for nname in cams.night[cam]:  # Cartesian product: every night × every day image
                 src_n = io.join(src, "imageLF", nname)
                 for dname in days:
@@ -138,6 +158,7 @@ class TransientAttributesLayout(LayoutBase):
         used = [c for c in cams.night if cams.day.get(c)]
         return {
             "dataset": "transient_attributes",
+            "output": self.output,
             "pairing": "cartesian product per webcam (thesis §3.1)",
             "night_threshold": self.night_threshold,
             "day_threshold": self.day_threshold,
