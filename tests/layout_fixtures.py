@@ -135,3 +135,47 @@ def write_retrieval_sfm(
             "pidxs": [1] if pair else [],
         }
     (src / "retrieval-SfM-120k.pkl").write_bytes(pickle.dumps(db))
+
+
+def write_thesis_datasets(root: Path) -> None:
+    """The thesis's five GAN training sets, written in the real layouts and ingested with
+    the options the grid's header names (README "Reproducing the papers")."""
+    from mdir.data.ingest import ingest
+
+    size = (24, 32)
+    raw = root / "raw"
+    write_aachen(raw / "aachen", n_db=6, n_day=4, n_night=10, size=size)
+    ingest(
+        str(raw / "aachen"), str(root / "aachen"), "aachen", layout_options={"val_fraction": "0.1"}
+    )
+    write_robotcar_seasons(raw / "robotcar", 2, size, cameras=("left", "rear"))
+    ingest(
+        str(raw / "robotcar"),
+        str(root / "robotcar"),
+        "robotcar_seasons",
+        layout_options={"camera": "rear", "conditions": "day_night", "val_fraction": "0.1"},
+    )
+    cids = {"train": [f"{i:06d}t{i}" for i in range(4)], "val": [f"{i:06d}v{i}" for i in range(2)]}
+    write_retrieval_sfm(raw / "sfm", cids, {"train": [1, 1, 2, 2], "val": [3, 3]}, size)
+    labels = raw / "sfm_daynight.txt"
+    labels.write_text(
+        "".join(
+            f"{c} {'night' if i % 2 else 'day'}\n"
+            for lst in cids.values()
+            for i, c in enumerate(lst)
+        )
+    )
+    ingest(
+        str(raw / "sfm"),
+        str(root / "retrieval_sfm"),
+        "retrieval_sfm",
+        layout_options={"labels": f"list:{labels}"},
+    )
+    write_transient_attributes(raw / "ta", {f"cam{i}": (2, 1) for i in range(10)}, size)
+    ingest(str(raw / "ta"), str(root / "transient_attributes"), "transient_attributes")
+    ingest(
+        str(raw / "ta"),
+        str(root / "transient_attributes_images"),
+        "transient_attributes",
+        layout_options={"output": "images"},
+    )

@@ -186,7 +186,8 @@ def test_thesis_grid_is_the_thesis_grid():
     }
     cfgs = validate_trials(space, base, trials)
     assert all(
-        c.method.lr == 2e-4 and c.method.beta1 == 0.9 and c.train.batch_size == 5 for c in cfgs
+        c.method.lr == 2e-4 and c.method.beta1 == 0.9 and c.train.global_batch_size == 5
+        for c in cfgs
     )
     # ranked on ≥ 2000 val images with the standard network under the papers' protocol
     assert all(c.train.eval_images == 2000 and c.eval.fid_protocol == "legacy" for c in cfgs)
@@ -340,63 +341,14 @@ def test_driver_env_inside_a_job_leaves_out_the_jobs_own_variables():
     assert _job_env_keys({"RAY_JOB_CONFIG_JSON_ENV_VAR": "not json"}) == set()
 
 
-def _thesis_datasets(root: Path) -> None:
-    """The thesis's five GAN training sets, written in the real layouts and ingested with
-    the options the grid's header names (README "Reproducing the papers")."""
-    from layout_fixtures import (
-        write_aachen,
-        write_retrieval_sfm,
-        write_robotcar_seasons,
-        write_transient_attributes,
-    )
-
-    from mdir.data.ingest import ingest
-
-    size = (24, 32)
-    raw = root / "raw"
-    write_aachen(raw / "aachen", n_db=6, n_day=4, n_night=10, size=size)
-    ingest(
-        str(raw / "aachen"), str(root / "aachen"), "aachen", layout_options={"val_fraction": "0.1"}
-    )
-    write_robotcar_seasons(raw / "robotcar", 2, size, cameras=("left", "rear"))
-    ingest(
-        str(raw / "robotcar"),
-        str(root / "robotcar"),
-        "robotcar_seasons",
-        layout_options={"camera": "rear", "conditions": "day_night", "val_fraction": "0.1"},
-    )
-    cids = {"train": [f"{i:06d}t{i}" for i in range(4)], "val": [f"{i:06d}v{i}" for i in range(2)]}
-    write_retrieval_sfm(raw / "sfm", cids, {"train": [1, 1, 2, 2], "val": [3, 3]}, size)
-    labels = raw / "sfm_daynight.txt"
-    labels.write_text(
-        "".join(
-            f"{c} {'night' if i % 2 else 'day'}\n"
-            for lst in cids.values()
-            for i, c in enumerate(lst)
-        )
-    )
-    ingest(
-        str(raw / "sfm"),
-        str(root / "retrieval_sfm"),
-        "retrieval_sfm",
-        layout_options={"labels": f"list:{labels}"},
-    )
-    write_transient_attributes(raw / "ta", {f"cam{i}": (2, 1) for i in range(10)}, size)
-    ingest(str(raw / "ta"), str(root / "transient_attributes"), "transient_attributes")
-    ingest(
-        str(raw / "ta"),
-        str(root / "transient_attributes_images"),
-        "transient_attributes",
-        layout_options={"output": "images"},
-    )
-
-
 def test_thesis_grid_dry_run_resolves_all_20_trials(tmp_path):
     """Every trial's dataset, splits and domains exist, with rows in both streams of both
     splits, in datasets built by the layouts the way the thesis built them; nothing trains."""
+    from layout_fixtures import write_thesis_datasets
+
     from mdir.tune.resolve import format_resolution, resolve_space
 
-    _thesis_datasets(tmp_path)
+    write_thesis_datasets(tmp_path)
     resolved = resolve_space(SPACES / "thesis_grid.yaml", tmp_path)
     assert len(resolved) == 20
     assert all(r.ok for r in resolved), format_resolution(resolved)
@@ -418,14 +370,14 @@ def test_thesis_grid_dry_run_resolves_all_20_trials(tmp_path):
 def test_dry_run_names_what_a_trial_lacks(tmp_path):
     """Aachen ingested with the benchmark's splits (db/query) cannot feed a GAN trial: the
     dry run says which field, and the CLI exits 1."""
-    from layout_fixtures import write_aachen
+    from layout_fixtures import write_aachen, write_thesis_datasets
     from typer.testing import CliRunner
 
     from mdir.data.ingest import ingest
     from mdir.tune.cli import app
     from mdir.tune.resolve import resolve_space
 
-    _thesis_datasets(tmp_path)
+    write_thesis_datasets(tmp_path)
     import shutil
 
     shutil.rmtree(tmp_path / "aachen")

@@ -93,7 +93,8 @@ class FakeMethod:
                 ]
             )
             torch.save(
-                {"step": self.steps, "params": vec}, os.path.join(self.dump_dir, f"rank{rank}.pt")
+                {"step": self.steps, "params": vec, "batch": int(batch["A"].shape[0])},
+                os.path.join(self.dump_dir, f"rank{rank}.pt"),
             )
         return {"G": loss_g.item(), "D": loss_d.item()}
 
