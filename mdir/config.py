@@ -79,7 +79,9 @@ def format_validation_error(
             if keys:
                 msg += f"; valid keys here: {', '.join(keys)}"
         inp = e.get("input")
-        shown = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {inp!r})"
+        # a model-level check (no loc) names its fields itself; its input is the whole config
+        hide = e["type"] in ("extra_forbidden", "missing") or not e["loc"]
+        shown = "" if hide else f" (got {inp!r})"
         lines.append(f"  {loc}: {msg}{shown}")
     return "\n".join(lines)
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
-from layout_fixtures import write_jpg, write_revisited, write_tokyo247
+from layout_fixtures import (
+    write_aachen,
+    write_jpg,
+    write_retrieval_sfm,
+    write_revisited,
+    write_robotcar_seasons,
+    write_tokyo247,
+    write_transient_attributes,
+)
 
 from mdir.data.ingest import ingest
 from mdir.data.layouts import LAYOUTS, get_layout
@@ -125,35 +134,82 @@ def test_safe_unpickle_refuses_code():
         safe_unpickle(pickle.dumps(Evil()))
 
 
-def test_transient_attributes_pairs(tmp_path):
+def test_transient_attributes_cartesian_product_per_webcam(tmp_path):
+    """Thesis §3.1: every night image (night > 0.9) × every remaining image of its webcam."""
     src = tmp_path / "ta"
-    attrs = ["dirty", "daylight", "night", "snow"]
-    (src / "annotations").mkdir(parents=True)
-    (src / "annotations/attributes.txt").write_text("\n".join(attrs) + "\n")
-    lines = [
-        "cam1/d1.jpg\t0,1\t0.95,1\t0.02,1\t0,1",
-        "cam1/d2.jpg\t0,1\t0.99,1\t0.00,1\t0,1",
-        "cam1/n1.jpg\t0,1\t0.01,1\t0.97,1\t0,1",
-        "cam1/n2.jpg\t0,1\t0.05,1\t0.92,1\t0,1",
-        "cam1/mid.jpg\t0,1\t0.5,1\t0.5,1\t0,1",  # neither
-        "cam2/n1.jpg\t0,1\t0.0,1\t0.99,1\t0,1",  # night without a day image
-        "broken line",
-    ]
-    (src / "annotations/annotations.tsv").write_text("\n".join(lines) + "\n")
-    for i, n in enumerate(
-        ["cam1/d1.jpg", "cam1/d2.jpg", "cam1/n1.jpg", "cam1/n2.jpg", "cam1/mid.jpg", "cam2/n1.jpg"]
-    ):
-        _jpg(src / "imageLF" / n, i)
-    m = ingest(str(src), str(tmp_path / "out"), "transient_attributes")
-    assert m.paired and m.rows == 2 and m.skipped == {"malformed_row": 1, "unpaired": 1}
-    rows = read_all(m).to_pylist()
-    pairs = sorted(
-        (r["source"].rsplit("/", 1)[-1], r["condition_b"], r["place_name"]) for r in rows
+    write_transient_attributes(src, {"cam1": (3, 2), "cam2": (3, 2), "cam3": (2, 0)}, SIZE)
+    with open(src / "annotations/annotations.tsv", "a") as f:
+        f.write("broken line\n")
+    m = ingest(
+        str(src), str(tmp_path / "out"), "transient_attributes", layout_options={"val_fraction": 0}
     )
-    assert pairs == [
-        ("d1.jpg", "night", "cam1"),
-        ("d2.jpg", "night", "cam1"),
-    ]  # brightest day first, cycled
+    assert m.paired and m.skipped == {"malformed_row": 1}
+    rows = read_all(m).to_pylist()
+    assert m.rows == 12  # 2 webcams × (3 day × 2 night)
+    by_cam: dict[str, set[tuple[str, str]]] = {}
+    for r in rows:
+        assert (r["condition"], r["condition_b"], r["split"]) == ("day", "night", "train")
+        day = "/".join(r["source"].rsplit("/", 2)[-2:])
+        by_cam.setdefault(r["place_name"], set()).add((day, r["sha256"].split(",")[1]))
+    nights_sha = {
+        f"cam{c}/n{i}.jpg": hashlib.sha256(
+            (src / f"imageLF/cam{c}/n{i}.jpg").read_bytes()
+        ).hexdigest()
+        for c in (1, 2)
+        for i in range(2)
+    }
+    for cam in ("cam1", "cam2"):  # exactly the product: each (day, night) pair once
+        days = {f"{cam}/d{i}.jpg" for i in range(3)}
+        nights = {nights_sha[f"{cam}/n{i}.jpg"] for i in range(2)}
+        assert by_cam[cam] == {(d, n) for d in days for n in nights}
+        assert len(by_cam[cam]) == 6
+    assert "cam3" not in by_cam  # a webcam without a night image gives no pair
+    lay = m.extra["layout"]
+    assert (lay["webcams"], lay["unique_day_images"], lay["unique_night_images"]) == (2, 6, 4)
+    # the same webcams' unique images, unpaired (the thesis's CycleGAN on Transattr)
+    single = ingest(
+        str(src),
+        str(tmp_path / "images"),
+        "transient_attributes",
+        layout_options={"val_fraction": 0, "output": "images"},
+    )
+    assert not single.paired and single.counts == {"train": {"day": 6, "night": 4}}
+
+
+def test_transient_attributes_day_rule_and_webcam_split(tmp_path):
+    src = tmp_path / "ta"
+    write_transient_attributes(src, {f"cam{i}": (2, 1) for i in range(10)}, SIZE)
+    with open(src / "annotations/annotations.tsv", "a") as f:  # neither clearly day nor night
+        f.write("cam0/mid.jpg\t0,1\t0.5,1\t0.5,1\t0,1\n")
+    write_jpg(src / "imageLF/cam0/mid.jpg", 77, SIZE)
+    thesis = ingest(str(src), str(tmp_path / "a"), "transient_attributes")
+    strict = ingest(
+        str(src),
+        str(tmp_path / "b"),
+        "transient_attributes",
+        layout_options={"day_threshold": "0.9"},
+    )
+    # thesis: the remaining images of the webcam are day images, so mid.jpg pairs too
+    assert thesis.rows == 10 * 2 + 1 and strict.rows == 10 * 2
+    # whole webcams held out: round(0.1 · 10) = 1 webcam, seeded, recorded
+    val = thesis.extra["layout"]["split"]["val_webcams"]
+    assert len(val) == 1 and thesis.extra["layout"]["split"]["seed"] == 0
+    rows = read_all(thesis).to_pylist()
+    assert {r["place_name"] for r in rows if r["split"] == "val"} == set(val)
+    again = ingest(str(src), str(tmp_path / "c"), "transient_attributes")
+    assert again.extra["layout"]["split"]["val_webcams"] == val  # deterministic
+    seeds = {
+        tuple(
+            ingest(
+                str(src),
+                str(tmp_path / f"s{s}"),
+                "transient_attributes",
+                layout_options={"split_seed": s},
+            ).extra["layout"]["split"]["val_webcams"]
+        )
+        for s in range(6)
+    }
+    assert len(seeds) > 1  # the seed moves the held-out webcam
 
 
 def test_retrieval_sfm(tmp_path):
@@ -176,3 +232,127 @@ def test_retrieval_sfm(tmp_path):
     assert m.extra["layout"]["pairs"] == {"train": [[0, 1]], "val": []}
     rows = {r["id"]: r for r in read_all(m).to_pylist()}
     assert [rows[i]["place"] for i in range(4)] == [5, 5, 6, 9]
+
+
+def test_robotcar_seasons_thesis_rear_camera_day_night(tmp_path):
+    """Thesis §3.1: rear camera only; sun/snow/rain/dawn/dusk → day, night/night-rain → night;
+    the dataset's name stays in condition_raw; overcast images are not in either domain."""
+    src = tmp_path / "rc"
+    write_robotcar_seasons(src, 2, SIZE)
+    opts = {"camera": "rear", "conditions": "day_night", "val_fraction": "0.25"}
+    m = ingest(str(src), str(tmp_path / "out"), "robotcar_seasons", layout_options=opts)
+    rows = read_all(m).to_pylist()
+    assert {r["source"].split("images/")[1].split("/")[1] for r in rows} == {"rear"}
+    for r in rows:
+        raw = r["source"].split("images/")[1].split("/")[0]
+        assert r["condition_raw"] == raw
+        assert r["condition"] == (
+            "day" if raw in {"sun", "snow", "rain", "dawn", "dusk"} else "night"
+        )
+    assert sorted(m.conditions) == ["day", "night"]
+    # 9 conditions × 3 cameras × 2 images: 18 other-camera rear-less, 2 overcast × 2 rear
+    assert m.skipped == {"other_camera": 36, "unused_condition": 4}
+    # per condition round(0.25 · n) held out: day 10 → 2 (rounds half to even), night 4 → 1
+    assert m.counts == {"train": {"day": 8, "night": 3}, "val": {"day": 2, "night": 1}}
+    lay = m.extra["layout"]
+    assert lay["condition_map"] == {
+        "day": ["sun", "snow", "rain", "dawn", "dusk"],
+        "night": ["night", "night-rain"],
+    }
+    assert lay["split"]["val_fraction"] == 0.25 and lay["camera"] == "rear"
+    # the issue's variant: overcast counted as day, chosen by the user
+    with_overcast = ingest(
+        str(src),
+        str(tmp_path / "out2"),
+        "robotcar_seasons",
+        layout_options={**opts, "day_conditions": "sun,snow,rain,dawn,dusk,overcast-summer"},
+    )
+    assert with_overcast.count(conditions=["day"]) == 12
+    with pytest.raises(ValueError, match="camera='front'"):
+        get_layout("robotcar_seasons", camera="front")
+    with pytest.raises(ValueError, match="share"):
+        get_layout("robotcar_seasons", day_conditions="sun,night")
+
+
+def test_aachen_seeded_train_val_split(tmp_path):
+    src = tmp_path / "aachen"
+    write_aachen(src, n_db=12, n_day=8, n_night=10, size=SIZE)
+    m = ingest(str(src), str(tmp_path / "a"), "aachen", layout_options={"val_fraction": "0.1"})
+    # per condition: day 20 → 2 held out, night 10 → 1
+    assert m.counts == {"train": {"day": 18, "night": 9}, "val": {"day": 2, "night": 1}}
+    assert m.extra["layout"]["split"] == {
+        "by": "image, stratified by condition",
+        "val_fraction": 0.1,
+        "seed": 0,
+    }
+
+    def val_of(out: str, seed: int) -> set[str]:
+        mm = ingest(
+            str(src),
+            str(tmp_path / out),
+            "aachen",
+            layout_options={"val_fraction": 0.1, "split_seed": seed},
+        )
+        return {
+            r["source"]
+            for r in read_all(mm, ["source", "split"]).to_pylist()
+            if r["split"] == "val"
+        }
+
+    assert val_of("b", 0) == val_of("c", 0)  # deterministic
+    assert len({frozenset(val_of(f"s{s}", s)) for s in range(4)}) > 1  # seeded
+    bench = ingest(str(src), str(tmp_path / "bench"), "aachen")  # default: the benchmark's
+    assert set(bench.splits) == {"db", "query"}
+    with pytest.raises(ValueError, match="val_fraction"):
+        get_layout("aachen", val_fraction="1.5")
+
+
+def test_retrieval_sfm_day_night_labels(tmp_path):
+    src = tmp_path / "sfm"
+    cids = {"train": ["aaaaaa01", "bbbbbb02", "cccccc03"], "val": ["dddddd04", "eeeeee05"]}
+    write_retrieval_sfm(src, cids, {"train": [5, 5, 6], "val": [9, 9]}, SIZE)
+    labels = tmp_path / "daynight.txt"
+    labels.write_text(
+        "# cid condition\naaaaaa01 day\nims/02/bb/bb/bbbbbb02 night\ncccccc03,day\n"
+        "dddddd04 night\nbad line here\n"
+    )
+    m = ingest(
+        str(src),
+        str(tmp_path / "out"),
+        "retrieval_sfm",
+        layout_options={"labels": f"list:{labels}"},
+    )
+    assert m.counts == {"train": {"day": 2, "night": 1}, "val": {"night": 1}}
+    assert m.skipped == {"unlabelled": 1, "malformed_label": 1}  # eeeeee05; "bad line here"
+    lab = m.extra["layout"]["labels"]
+    assert lab["source"] == "list" and lab["file"] == str(labels) and lab["entries"] == 4
+    assert lab["sha256"] == hashlib.sha256(labels.read_bytes()).hexdigest()
+    rows = {r["id"]: r for r in read_all(m).to_pylist()}
+    assert m.extra["layout"]["pairs"]["train"] == [[0, 1]]  # ids = the pickle's order
+    assert rows[1]["source"].endswith("bbbbbb02") and rows[1]["condition"] == "night"
+
+
+def test_retrieval_sfm_brightness_rule(tmp_path):
+    from PIL import Image
+
+    from mdir.data.layouts.retrieval_sfm import cid2path
+
+    src = tmp_path / "sfm"
+    cids = {"train": ["aaaaaa01", "bbbbbb02"]}
+    write_retrieval_sfm(src, cids, {"train": [1, 1]}, SIZE)
+    for cid, level in (("aaaaaa01", 200), ("bbbbbb02", 20)):  # bright, dark
+        Image.new("RGB", (32, 24), (level,) * 3).save(src / "ims" / cid2path(cid), "JPEG")
+    m = ingest(
+        str(src),
+        str(tmp_path / "out"),
+        "retrieval_sfm",
+        layout_options={"labels": "brightness:0.3"},
+    )
+    rows = {r["source"].rsplit("/", 1)[-1]: r["condition"] for r in read_all(m).to_pylist()}
+    assert rows == {"aaaaaa01": "day", "bbbbbb02": "night"}
+    assert m.extra["layout"]["labels"] == {
+        "source": "brightness",
+        "rule": "night if mean luma < 0.3",
+    }
+    with pytest.raises(ValueError, match="labels='brightness:2'"):
+        get_layout("retrieval_sfm", labels="brightness:2")

@@ -48,6 +48,26 @@ def test_config_typo_and_wrong_type_name_the_field(tmp_path, capsys):
     assert "data.uri" in capsys.readouterr().err
 
 
+def test_global_batch_must_divide_by_workers_before_launch(capsys):
+    """train.global_batch_size is the papers' batch; it must split evenly over the workers,
+    and a per-worker train.batch_size that disagrees with it is an error, not a silent pick."""
+    cfg = load_job_config(
+        TINY, ["method.name=cyclegan", "train.global_batch_size=6", "train.batch_size=3"]
+    )
+    assert (cfg.train.global_batch_size, cfg.train.batch_size, cfg.scaling.num_workers) == (6, 3, 2)
+    legacy = load_job_config(TINY, ["method.name=cyclegan"])  # batch_size alone: per worker
+    assert (legacy.train.batch_size, legacy.train.global_batch_size) == (2, 4)
+    with pytest.raises(ConfigError, match=r"train\.global_batch_size: 5 images per step cannot"):
+        load_job_config(TINY, ["method.name=cyclegan", "train.global_batch_size=5"])
+    with pytest.raises(ConfigError, match=r"train\.global_batch_size: 8 over 2 workers is 4"):
+        load_job_config(
+            TINY, ["method.name=cyclegan", "train.global_batch_size=8", "train.batch_size=2"]
+        )
+    # the job entrypoint exits 2 before Ray starts, naming the field
+    rc = run_job("cyclegan", TINY, ["train.global_batch_size=5", "scaling.num_workers=4"])
+    assert rc == 2 and "train.global_batch_size" in capsys.readouterr().err
+
+
 def test_method_must_match_job(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("method: {name: pix2pix}\ndata: {uri: /x}\n")
@@ -219,3 +239,40 @@ def test_worker_crash_resume_ddp_replicas_s3_and_mlflow_down(ray_cluster, s3_ser
     assert r2.error is None, r2.error
     assert r2.metrics["resumed_from_step"] == 6
     assert r2.metrics["step"] == 9 and r2.metrics["steps_this_attempt"] == 3
+
+
+@pytest.mark.timeout(900)
+def test_global_batch_over_two_ray_train_workers(ray_cluster, mlflow_server, tmp_path):
+    """A global batch (here 6) on 2 Ray Train workers: each rank's step sees
+    6 / 2 = 3 images from the real in-memory data plan, and MLflow records both numbers."""
+    import ray.cloudpickle
+    from mlflow.tracking import MlflowClient
+
+    from mdir.data.synth import synthesize
+    from mdir.training.run import train
+
+    ray.cloudpickle.register_pickle_by_value(training_fakes)
+    data = tmp_path / "d"
+    synthesize(str(data), places=2, conditions=["day", "night"], size=32, poses_per_place=4)
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    import yaml
+
+    tiny = yaml.safe_load(Path(TINY).read_text())
+    del tiny["train"]["batch_size"]  # only the global batch is given
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(tiny))
+    cfg = load_job_config(
+        tmp_path / "job.yaml",
+        [
+            "method.name=cyclegan", f"data.uri={data}", "train.loader=memory", f"storage.path={tmp_path / 'runs'}",
+            "storage.name=global-batch", "train.max_steps=2", "mlflow.register=false",
+            "train.global_batch_size=6",
+        ],
+    )  # fmt: skip
+    assert cfg.train.batch_size == 3 and cfg.scaling.num_workers == 2
+    r = train(cfg, method_factory=training_fakes.FakeFactory(dump_dir=str(dump)))
+    assert r.error is None, r.error
+    seen = [torch.load(dump / f"rank{i}.pt", weights_only=True) for i in (0, 1)]
+    assert [s["batch"] for s in seen] == [3, 3]  # 2 workers × 3 = the global 6
+    params = MlflowClient().get_run(r.mlflow_run_id).data.params
+    assert params["train.global_batch_size"] == "6" and params["train.batch_size"] == "3"

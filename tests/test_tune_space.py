@@ -181,12 +181,13 @@ def test_thesis_grid_is_the_thesis_grid():
         ("cyclegan", "aachen"),
         ("cyclegan", "robotcar"),
         ("cyclegan", "retrieval_sfm"),
-        ("cyclegan", "transient_attributes"),
+        ("cyclegan", "transient_attributes_images"),
         ("pix2pix", "transient_attributes"),
     }
     cfgs = validate_trials(space, base, trials)
     assert all(
-        c.method.lr == 2e-4 and c.method.beta1 == 0.9 and c.train.batch_size == 5 for c in cfgs
+        c.method.lr == 2e-4 and c.method.beta1 == 0.9 and c.train.global_batch_size == 5
+        for c in cfgs
     )
     # ranked on ≥ 2000 val images with the standard network under the papers' protocol
     assert all(c.train.eval_images == 2000 and c.eval.fid_protocol == "legacy" for c in cfgs)
@@ -338,3 +339,56 @@ def test_driver_env_inside_a_job_leaves_out_the_jobs_own_variables():
     }
     assert _job_env_keys({}) == set()
     assert _job_env_keys({"RAY_JOB_CONFIG_JSON_ENV_VAR": "not json"}) == set()
+
+
+def test_thesis_grid_dry_run_resolves_all_20_trials(tmp_path):
+    """Every trial's dataset, splits and domains exist, with rows in both streams of both
+    splits, in datasets built by the layouts the way the thesis built them; nothing trains."""
+    from layout_fixtures import write_thesis_datasets
+
+    from mdir.tune.resolve import format_resolution, resolve_space
+
+    write_thesis_datasets(tmp_path)
+    resolved = resolve_space(SPACES / "thesis_grid.yaml", tmp_path)
+    assert len(resolved) == 20
+    assert all(r.ok for r in resolved), format_resolution(resolved)
+    by_label = {r.label.split(",")[0]: r for r in resolved}
+    assert by_label["pix2pix-transattr"].rows == {"train": {"AB": 18}, "val": {"AB": 2}}
+    assert by_label["cyclegan-transattr"].rows == {
+        "train": {"A": 18, "B": 9},
+        "val": {"A": 2, "B": 1},
+    }
+    assert by_label["cyclegan-robotcar"].layout == "robotcar_seasons"
+    assert by_label["cyclegan-robotcar"].rows == {
+        "train": {"A": 9, "B": 3},
+        "val": {"A": 1, "B": 1},
+    }
+    assert by_label["cyclegan-rsfm"].rows == {"train": {"A": 2, "B": 2}, "val": {"A": 1, "B": 1}}
+    assert by_label["cyclegan-aachen"].rows == {"train": {"A": 9, "B": 9}, "val": {"A": 1, "B": 1}}
+
+
+def test_dry_run_names_what_a_trial_lacks(tmp_path):
+    """Aachen ingested with the benchmark's splits (db/query) cannot feed a GAN trial: the
+    dry run says which field, and the CLI exits 1."""
+    from layout_fixtures import write_aachen, write_thesis_datasets
+    from typer.testing import CliRunner
+
+    from mdir.data.ingest import ingest
+    from mdir.tune.cli import app
+    from mdir.tune.resolve import resolve_space
+
+    write_thesis_datasets(tmp_path)
+    import shutil
+
+    shutil.rmtree(tmp_path / "aachen")
+    write_aachen(tmp_path / "raw2", n_db=3, n_day=2, n_night=2, size=(24, 32))
+    ingest(str(tmp_path / "raw2"), str(tmp_path / "aachen"), "aachen")
+    resolved = resolve_space(SPACES / "thesis_grid.yaml", tmp_path)
+    bad = [r for r in resolved if not r.ok]
+    assert {r.label.split(",")[0] for r in bad} == {"cyclegan-aachen"} and len(bad) == 4
+    assert "data.train_split: split 'train' not in" in bad[0].problems[0]
+    out = CliRunner().invoke(
+        app,
+        ["dry-run", "--space", str(SPACES / "thesis_grid.yaml"), "--data-root", str(tmp_path)],
+    )
+    assert out.exit_code == 1 and "16/20 trials resolve" in out.output

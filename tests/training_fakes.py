@@ -100,7 +100,12 @@ class FakeMethod:
                 ]
             )
             torch.save(
-                {"step": self.steps, "params": vec, "buffers": bufs},
+                {
+                    "step": self.steps,
+                    "params": vec,
+                    "buffers": bufs,
+                    "batch": int(batch["A"].shape[0]),
+                },
                 os.path.join(self.dump_dir, f"rank{rank}.pt"),
             )
         return {"G": loss_g.item(), "D": loss_d.item()}

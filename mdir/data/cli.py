@@ -77,7 +77,12 @@ def ingest_cmd(
     min_size: int = typer.Option(16, help="Images with a shorter side are skipped as too_small."),
     workers: int = typer.Option(2, help="Threads validating / converting images."),
     option: list[str] = typer.Option(
-        [], "--option", "-o", help="Layout option KEY=VALUE (e.g. condition_a=day)."
+        [],
+        "--option",
+        "-o",
+        help="Layout option KEY=VALUE, repeatable (e.g. condition_a=day; the thesis's sets: "
+        "robotcar_seasons camera=rear conditions=day_night val_fraction=0.1, aachen "
+        "val_fraction=0.1, retrieval_sfm labels=list:FILE, transient_attributes output=images).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:

@@ -143,6 +143,7 @@ def _process_chunk(
                 "split": item.split or hash_split(item.source),
                 "source": item.source,
                 "sha256": a.sha256 + ("," + b.sha256 if b else ""),
+                "condition_raw": item.condition_raw,
             }
         )
     return res

@@ -17,6 +17,8 @@ pose           list<float64>   x, y, z, qw, qx, qy, qz (null when unknown)
 split          string          train / val / test / db / query ...
 source         string          original path (or synthetic recipe)
 sha256         string          hex digest of the original file bytes
+condition_raw  string (null)   the dataset's own condition name when a layout maps it (RobotCar
+                               Seasons' ``snow`` → ``day``); null when ``condition`` is it
 =============  ==============  ==============================================================
 """
 
@@ -41,6 +43,7 @@ SCHEMA = pa.schema(
         pa.field("split", pa.string(), nullable=False),
         pa.field("source", pa.string()),
         pa.field("sha256", pa.string()),
+        pa.field("condition_raw", pa.string()),
     ]
 )
 

@@ -64,6 +64,13 @@ class Pix2PixConfig(_OptimFields):
         True, description="Dropout 0.5 in the U-Net's inner decoder blocks (pix2pix noise)."
     )
     lambda_l1: float = Field(100.0, ge=0, description="λ of the L1 term (eq. 2.6).")
+    test_mode: Literal["train", "eval"] = Field(
+        "train",
+        description="How G translates after training (registered model, evaluation, samples): "
+        "train = the reference's test time (junyanz test.py without --eval, thesis §2.2 "
+        "noise): dropout on and BatchNorm batch statistics, so two translations of one image "
+        "differ; eval = dropout off and running statistics (deterministic).",
+    )
 
 
 class CycleGANConfig(_OptimFields):

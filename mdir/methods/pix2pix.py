@@ -81,8 +81,12 @@ class Pix2Pix(GANMethod):
         }
 
     def translate(self, images: Tensor, reference: Tensor | None = None) -> Tensor:
-        """A → B with G in eval mode (dropout off, BN running statistics)."""
-        return self._eval_call(lambda x: raw(self.networks["G"])(x.to(self.device)), images)
+        """A → B as the registered model will translate (``method.test_mode``: by default the
+        reference's train mode, dropout on and batch statistics; see
+        `mdir.methods.generators.inference_mode`), so samples and evaluation see it too."""
+        from mdir.methods.generators import translate_with
+
+        return translate_with(raw(self.networks["G"]), self.cfg, images)
 
     def generator(self) -> torch.nn.Module:
         return raw(self.networks["G"])

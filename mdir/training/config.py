@@ -43,7 +43,17 @@ class TrainSection(StrictModel):
         description="Stop after this many steps in total (0 = epochs × steps per epoch). For tests and smoke runs.",
     )
     batch_size: int = Field(
-        1, ge=1, description="Images per worker per step (MDUIT: 1, thesis: 5)."
+        1,
+        ge=1,
+        description="Images per worker per step. With train.global_batch_size set, derived "
+        "from it (global / scaling.num_workers); give it alone only for per-worker tuning.",
+    )
+    global_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Images per optimisation step over all workers, as the papers count their "
+        "batch (MDUIT: 1, thesis: 5). Must divide by scaling.num_workers; the per-worker "
+        "train.batch_size is derived. None = train.batch_size × scaling.num_workers.",
     )
     seed: int = Field(
         0, description="Seed of torch / numpy / python RNGs (each rank adds its rank)."
@@ -247,7 +257,35 @@ class TrainJobConfig(StrictModel):
             r"[A-Za-z0-9._-]+", self.storage.name
         ):
             raise ValueError("storage.name may only contain letters, digits, '.', '_' and '-'")
+        self._derive_batch()
         return self
+
+    def _derive_batch(self) -> None:
+        """Make train.batch_size (per worker) and train.global_batch_size agree.
+
+        Rule: global_batch_size given → batch_size = global / num_workers (it must divide;
+        a batch_size given too must equal that); only batch_size given → global =
+        batch_size × num_workers. Both end up set, so MLflow params and checkpoints record
+        both. Runs at validation, so a bad pair fails before anything launches."""
+        t, n = self.train, self.scaling.num_workers
+        if t.global_batch_size is None:
+            per_worker = t.batch_size
+        else:
+            per_worker, rest = divmod(t.global_batch_size, n)
+            if rest or per_worker == 0:
+                raise ValueError(
+                    f"train.global_batch_size: {t.global_batch_size} images per step cannot be "
+                    f"split evenly over scaling.num_workers={n} workers; use a multiple of {n} "
+                    "or change the worker count"
+                )
+            if "batch_size" in t.model_fields_set and t.batch_size != per_worker:
+                raise ValueError(
+                    f"train.global_batch_size: {t.global_batch_size} over {n} workers is "
+                    f"{per_worker} per worker, but train.batch_size={t.batch_size}; set only "
+                    "train.global_batch_size"
+                )
+        new = t.model_copy(update={"batch_size": per_worker, "global_batch_size": per_worker * n})
+        object.__setattr__(self, "train", new)  # frozen model: set once, while validating
 
     def dataset_name(self) -> str:
         """Dataset name used in run and model names (last path part of data.uri)."""

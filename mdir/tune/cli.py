@@ -1,4 +1,5 @@
-"""`mdir tune` commands: run a search space (or list its trials with --dry-run)."""
+"""`mdir tune` commands: run a search space (or list its trials with --dry-run), validate it,
+and resolve its trials' data against the datasets (`dry-run`)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,34 @@ def run_cmd(
 def validate_cmd(space: SpaceOpt) -> None:
     """Check a space file and every trial config it expands to (against the training schema)."""
     raise typer.Exit(run_from_cli(space, None, None, True, False))
+
+
+@app.command("dry-run")
+def dry_run_cmd(
+    space: SpaceOpt,
+    data_root: Annotated[
+        str | None,
+        typer.Option(
+            "--data-root",
+            help="Dataset root the space's ${MDIR_DATA_ROOT} stands for (default: the environment's).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the resolution as JSON.")] = False,
+) -> None:
+    """Resolve every trial's dataset, splits and domain conditions against the datasets'
+    manifests (no image read, nothing trained); exit 1 if any trial could not run."""
+    from dataclasses import asdict
+
+    from mdir.config import ConfigError
+    from mdir.tune.resolve import format_resolution, resolve_space
+
+    try:
+        resolved = resolve_space(space, data_root)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps([asdict(r) for r in resolved]))
+    else:
+        print(format_resolution(resolved))
+    raise typer.Exit(0 if all(r.ok for r in resolved) else 1)

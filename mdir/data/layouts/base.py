@@ -37,19 +37,23 @@ class Item:
     split: str | None = None  # None: assigned from a hash of the source path
     source_b: str | None = None  # paired image (pix2pix)
     condition_b: str | None = None
+    condition_raw: str | None = None  # the dataset's own name when `condition` is mapped
 
     def fingerprint(self) -> str:
-        return repr(
-            (
-                self.source,
-                self.condition,
-                self.place,
-                self.pose,
-                self.split,
-                self.source_b,
-                self.condition_b,
-            )
+        fields = (
+            self.source,
+            self.condition,
+            self.place,
+            self.pose,
+            self.split,
+            self.source_b,
+            self.condition_b,
         )
+        # condition_raw only when set: shards of datasets ingested before it existed keep
+        # their digests, so a re-run resumes instead of rewriting them
+        if self.condition_raw is not None:
+            fields = (*fields, self.condition_raw)
+        return repr(fields)
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,53 @@ class LayoutBase:
 
     def extra(self, src: str) -> dict[str, Any]:
         return {}
+
+
+def parse_fraction(value: float | str, field: str) -> float:
+    """A layout option in [0, 1) (options arrive as strings from ``-o KEY=VALUE``)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"layout option {field}={value!r}: expected a number in [0, 1)") from None
+    if not 0.0 <= f < 1.0:
+        raise ValueError(f"layout option {field}={value!r}: expected a number in [0, 1)")
+    return f
+
+
+def parse_names(value: str | list[str] | tuple[str, ...], field: str) -> tuple[str, ...]:
+    """``a,b,c`` (CLI) or a list (Python) → names; an empty list is an error naming `field`."""
+    names = tuple(
+        n.strip() for n in (value.split(",") if isinstance(value, str) else value) if n.strip()
+    )
+    if not names:
+        raise ValueError(f"layout option {field}: needs at least one name, e.g. {field}=a,b")
+    return names
+
+
+def seeded_val_split(groups: dict[str, list[str]], fraction: float, seed: int) -> set[str]:
+    """Keys held out for validation: in each group (a condition, say), the
+    ``round(fraction · n)`` keys first in a seeded hash order (at least one when the group has
+    two or more keys and fraction > 0).
+
+    Why per group: a rare domain (Aachen's ~100 night images) still gets validation images,
+    and the counts are exact instead of binomial. Why a hash of (seed, key) and not a shuffled
+    list: adding images to a dataset does not move the other images between splits. Keys
+    should be paths relative to the dataset root, so a local and an s3:// copy split alike.
+    """
+    import hashlib
+
+    out: set[str] = set()
+    if fraction <= 0:
+        return out
+    for keys in groups.values():
+        ordered = sorted(
+            set(keys), key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest()
+        )
+        n_val = round(fraction * len(ordered))
+        if n_val == 0 and len(ordered) >= 2:
+            n_val = 1
+        out.update(ordered[:n_val])
+    return out
 
 
 def quat_to_matrix(q: tuple[float, float, float, float]) -> list[list[float]]:

@@ -49,6 +49,10 @@ def _check_size(m: Pix2PixConfig, size: int) -> str | None:
     )
 
 
+def _inference_train_mode(m: Pix2PixConfig) -> bool:
+    return m.test_mode == "train"
+
+
 SPEC = MethodSpec(
     name="pix2pix",
     config=Pix2PixConfig,
@@ -56,6 +60,7 @@ SPEC = MethodSpec(
     build_generator=_generator,
     summary=_summary,
     check_size=_check_size,
+    inference_train_mode=_inference_train_mode,
     bench_lite={"ngf": 8, "ndf": 8},
     bench_tiny=("method.ngf=16", "method.ndf=16", "method.num_downs=5"),
 )
