@@ -3,9 +3,10 @@
 Columns: revisited Oxford and Paris mAP for the Easy / Medium / Hard protocols, Tokyo 24/7
 mAP and recall@1/5/10 (positives within 25 m), all ×100 as the papers print them. The thesis's
 Table 5.1 reports the Medium protocol for ROxf / RPar (its VGG16-GeM baseline, 60.73 / 69.10,
-is cirtorch's ROxf (M) / RPar (M)) and an "Avg" column that equals
-(Tokyo + ROxf + RPar) / 4 on every published row; both averages are printed, named for
-what they are: ``avg`` = the mean of the three, ``avg_thesis`` = their sum / 4.
+is cirtorch's ROxf (M) / RPar (M)) and an "Avg" column that equals (Tokyo + ROxf + RPar) / 4
+on five of its six rows (Pix2pix's 51.93 matches neither formula: its values give 51.68); both
+averages are printed, named for what they are: ``avg`` = the mean of the three,
+``avg_thesis`` = their sum / 4.
 
 `localization_row` gives MDUIT's Table 1 layout instead: localization recall at (0.25 m, 2°),
 (0.5 m, 5°), (5 m, 10°) for Day-All and Night-All queries, ×100.
