@@ -362,6 +362,7 @@ def test_eval_cli_prints_writes_and_logs_the_table(roxford, tmp_path, mlflow_ser
             "--set", "mlflow.experiment=retrieval-table-test"]  # fmt: skip
     res = CliRunner().invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
+    assert f"[2/2] evaluating on {tok}" in res.stderr and "descriptors 5/5" in res.stderr
     doc = json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
     by = {d["dataset"]: d["metrics"] for d in doc["results"]}
     cols = doc["table"]["columns"]

@@ -214,9 +214,8 @@ def eval_cmd(
             cfg = validate(
                 RetrievalJobConfig, apply_overrides(base, ov), source=str(config or "eval options")
             )
-            if not as_json:
-                typer.echo(f"[{k}/{len(data)}] evaluating on {uri} ...", err=True)
-            docs.append(evaluate_registered(model, uri, cfg, device))
+            typer.echo(f"[{k}/{len(data)}] evaluating on {uri} ...", err=True)
+            docs.append(evaluate_registered(model, uri, cfg, device, _Progress()))
     except (ConfigError, DataPathError, ModelNotFoundError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     named = {d["dataset"]: d["metrics"] for d in docs if dataset_key(d["dataset"])}
@@ -260,6 +259,19 @@ def eval_cmd(
     typer.echo("\n" + md)
     if out is not None:
         typer.echo(f"\nwritten: {out / 'table.md'}, {out / 'table.json'}")
+
+
+class _Progress:
+    """Prints extraction progress to stderr every ~10 % (stdout stays one JSON with --json)."""
+
+    def __init__(self) -> None:
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth != self.shown:
+            self.shown = tenth
+            typer.echo(f"  descriptors {done}/{total}", err=True)
 
 
 def _label(model: str, version) -> str:

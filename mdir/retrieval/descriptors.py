@@ -75,8 +75,11 @@ def extract(
     batch_size: int = 32,
     scales: Sequence[float] = (1.0,),
     distributed: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Descriptors of rows `ids` (loaded with `load(ids) -> [n,3,H,W]`) as float32 [len(ids), D].
+
+    `progress(done, total)` is called after every batch with this rank's counts.
 
     When torch.distributed is initialised (or `distributed=True`) the rows are split into
     equal contiguous blocks over the ranks and all-gathered; every rank returns the full
@@ -95,6 +98,8 @@ def extract(
         for i in range(0, len(mine), batch_size):
             x = to_device(load(mine[i : i + batch_size].tolist()), device)
             out.append(embed(net, x, scales).float())
+            if progress is not None:
+                progress(min(i + batch_size, len(mine)), len(mine))
     finally:
         net.train(was_training)
     dim = _descriptor_dim(net, out, load, ids, device)

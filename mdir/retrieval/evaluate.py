@@ -21,7 +21,7 @@ layout's ``bbx``) before resizing, as the revisited protocol requires (`eval.cro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,24 +245,38 @@ def evaluate_model(
     ecfg: RetrievalEvalConfig,
     device: torch.device | str = "cpu",
     batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
-    """Extract (distributed when under DDP) and compute metrics; every rank gets the same dict."""
+    """Extract (distributed when under DDP) and compute metrics; every rank gets the same dict.
+    `progress(done, total)` reports extraction (database, then queries) per batch."""
     scales: Sequence[float] = ecfg.scales
     rows = np.concatenate([es.db_rows, es.query_rows])
-    vecs = extract(model, es.data.load, rows, device=device, batch_size=batch_size, scales=scales)
+    vecs = extract(
+        model,
+        es.data.load,
+        rows,
+        device=device,
+        batch_size=batch_size,
+        scales=scales,
+        progress=progress,
+    )
     db, q = vecs[: len(es.db_rows)], vecs[len(es.db_rows) :]
     return compute_metrics(q, db, es, ecfg)
 
 
 def evaluate_registered(
-    model_uri: str, data_uri: str, cfg: RetrievalJobConfig, device: str = "cpu"
+    model_uri: str,
+    data_uri: str,
+    cfg: RetrievalJobConfig,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """`mdir retrieval eval`: load ``models:/NAME@ALIAS`` and evaluate it on `data_uri`."""
     from mdir.retrieval.registry import load_registered_model
 
     model, info = load_registered_model(model_uri, device)
     es = EvalSet.open(cfg, uri=data_uri)
-    metrics = evaluate_model(model, es, cfg.eval, device, cfg.mining.batch_size)
+    metrics = evaluate_model(model, es, cfg.eval, device, cfg.mining.batch_size, progress)
     return {
         "model_uri": model_uri,
         "model_version": info.get("version"),
