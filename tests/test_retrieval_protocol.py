@@ -501,3 +501,39 @@ def test_eval_cli_localization_table(roxford, tmp_path):
     assert "| model | Day 0.25 m, 2° |" in text.stdout
     bad = CliRunner(env={"MLFLOW_TRACKING_URI": ""}).invoke(app, [*base, "--data", roxford[0]])
     assert bad.exit_code == 2 and "--localization" in bad.output
+
+
+# ---------------------------------------------------------------- Retrieval-SfM pairs
+
+
+def test_rsfm_training_pairs_come_from_the_manifest(tmp_path):
+    """positives=pairs without a pairs file uses the qidxs/pidxs the retrieval_sfm ingest
+    stored: exactly those pairs (both ways), and same-cluster images are never negatives."""
+    from mdir.data.ingest import ingest
+    from mdir.data.layouts.retrieval_sfm import cid2path
+    from mdir.retrieval.config import load_retrieval_config
+    from mdir.retrieval.data import open_split
+    from mdir.retrieval.train import LaunchError, validate_before_launch
+
+    src = tmp_path / "rsfm"
+    cids = [f"c{i:07d}" for i in range(5)]
+    for i, c in enumerate(cids):
+        write_jpg(src / "ims" / cid2path(c), i, (32, 40))
+    db = {"train": {"cids": cids, "cluster": [0, 0, 0, 1, 1], "qidxs": [0, 3], "pidxs": [2, 4]}}
+    (src / "retrieval-SfM-120k.pkl").write_bytes(pickle.dumps(db))
+    uri = str(tmp_path / "out")
+    ingest(str(src), uri, "retrieval_sfm", workers=1)
+    data = open_split(uri, "train", 32, positives="pairs")
+    rows = {str(s).rsplit("/", 1)[-1]: k for k, s in enumerate(data.store.meta()["source"])}
+    q, p, other = rows[cids[0]], rows[cids[2]], rows[cids[1]]
+    assert data.matching.pairs[q] == {p} and data.matching.pairs[p] == {q}
+    assert data.matching.pairs[rows[cids[3]]] == {rows[cids[4]]}
+    everyone = np.arange(len(data))
+    assert data.matching.positive_mask(q, everyone).sum() == 1  # c1 (same cluster) is no positive
+    assert not data.matching.negative_mask(q, everyone)[other]  # ... and no negative either
+    validate_before_launch(load_retrieval_config(None, [f"data.uri={uri}", "data.positives=pairs"]))
+    bad = load_retrieval_config(
+        None, [f"data.uri={uri}", "data.positives=pairs", "data.train_split=val"]
+    )
+    with pytest.raises(LaunchError, match="data.positives=pairs"):
+        validate_before_launch(bad)

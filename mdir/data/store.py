@@ -49,6 +49,7 @@ class ShardImageStore:
         before resizing (the crop is shrunk by its full image's factor, as cirtorch does)."""
         m = read_manifest(uri)
         self.uri = uri
+        self.split = split
         self.manifest = m
         self.conditions: list[str] = list(m.conditions)
         self.image_size = image_size

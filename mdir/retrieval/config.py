@@ -86,7 +86,7 @@ class RetrievalDataConfig(StrictModel):
     )
     positives: Literal["auto", "place", "pose", "pairs"] = Field(
         "auto",
-        description="Matching information: place ids, pose thresholds, or an explicit pairs list; auto = pose if poses exist, else place.",
+        description="Matching information: place ids, pose thresholds, or query/positive pairs (data.pairs_file, else the pairs the ingest layout stored, e.g. Retrieval-SfM's qidxs/pidxs); auto = pose if poses exist, else place.",
     )
     max_translation_m: float = Field(
         7.0, gt=0, description="Pose positives: camera centres closer than this (MDUIT: 7 m)."
@@ -96,7 +96,7 @@ class RetrievalDataConfig(StrictModel):
     )
     pairs_file: str | None = Field(
         None,
-        description="CSV/JSON of (query, positive) row ids or source paths (Retrieval-SfM style); needed for positives=pairs.",
+        description="CSV/JSON of (query, positive) row ids or source paths; positives=pairs without it uses the manifest's pairs.",
     )
 
 
@@ -268,8 +268,6 @@ class RetrievalJobConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalJobConfig:
-        if self.data.positives == "pairs" and not self.data.pairs_file:
-            raise ValueError("data.pairs_file is required when data.positives is 'pairs'")
         if self.optim.batch_size % self.scaling.num_workers:
             raise ValueError(
                 f"optim.batch_size ({self.optim.batch_size}) must be a multiple of scaling.num_workers "

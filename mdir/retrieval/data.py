@@ -107,13 +107,12 @@ def from_store(
     mode = resolve_mode(positives, pose)
     pairs: dict[int, set[int]] = {}
     if mode == "pairs":
-        assert pairs_file is not None
         # pairs name rows by dataset row id (or by source path when the store provides it)
         lookup = {str(int(i)): k for k, i in enumerate(ids)}
         src = meta.get("source") if source is None else source
         if src is not None:
             lookup.update({str(s): k for k, s in enumerate(src)})
-        pairs = read_pairs(pairs_file, lookup)
+        pairs = read_pairs(pairs_file, lookup) if pairs_file else manifest_pairs(store, lookup)
     matching = Matching(
         mode=mode,
         place=np.asarray(meta["place"], dtype=np.int64),
@@ -123,6 +122,30 @@ def from_store(
         pairs=pairs,
     )
     return SplitData(store=store, ids=ids, condition=names, matching=matching)
+
+
+def manifest_pairs(store: ImageStore, lookup: dict[str, int]) -> dict[int, set[int]]:
+    """{query row: {positive rows}} from the (query_id, positive_id) pairs an ingest layout
+    stored for the store's split (Retrieval-SfM: cirtorch's ``qidxs`` / ``pidxs``), symmetric
+    like `read_pairs`; pairs whose rows are not in the store (skipped at ingest) are dropped."""
+    m = getattr(store, "manifest", None)
+    split = getattr(store, "split", None)
+    layout = ((m.extra or {}).get("layout", {}) or {}) if m is not None else {}
+    listed = (layout.get("pairs") or {}).get(split) if split else None
+    if not listed:
+        where = getattr(store, "uri", "the dataset")
+        raise ValueError(
+            f"data.positives=pairs without data.pairs_file needs query/positive pairs in the "
+            f"manifest of {where} for split {split!r} (the retrieval_sfm layout stores them)"
+        )
+    out: dict[int, set[int]] = {}
+    for q, p in listed:
+        a, b = lookup.get(str(int(q))), lookup.get(str(int(p)))
+        if a is None or b is None or a == b:
+            continue
+        out.setdefault(a, set()).add(b)
+        out.setdefault(b, set()).add(a)
+    return out
 
 
 def open_split(

@@ -90,6 +90,15 @@ def validate_before_launch(cfg: RetrievalJobConfig) -> ResolvedModel | None:
             raise LaunchError(f"eval.uri: {e}") from e
     if cfg.data.pairs_file and not Path(cfg.data.pairs_file).is_file():
         raise LaunchError(f"data.pairs_file: {cfg.data.pairs_file} does not exist")
+    if cfg.data.positives == "pairs" and not cfg.data.pairs_file:
+        from mdir.data.manifest import read_manifest
+
+        layout = (read_manifest(cfg.data.uri).extra or {}).get("layout", {}) or {}
+        if not (layout.get("pairs") or {}).get(cfg.data.train_split):
+            raise LaunchError(
+                f"data.positives=pairs: no data.pairs_file and the manifest of {cfg.data.uri} "
+                f"has no query/positive pairs for split {cfg.data.train_split!r}"
+            )
     if not cfg.augment.generator:
         return None
     from mdir.registry.uri import ModelNotFoundError
