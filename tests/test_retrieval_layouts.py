@@ -18,7 +18,7 @@ def _cfg(uri: str):
     return RetrievalJobConfig.model_validate(
         {
             "model": {"arch": "tiny", "width": 8, "allow_random": True},
-            "data": {"uri": uri, "image_size": 32},
+            "data": {"uri": uri, "train_max_side": 32, "test_max_side": 32},
         }
     )
 

@@ -3,13 +3,16 @@
 Implements `mdir.methods.base.ImageStore`. It reads the matching rows' encoded bytes once
 (pyarrow, no Ray; JPEG bytes are ~10× smaller than decoded pixels), decodes on demand in
 batches and keeps up to `cache_images` decoded images (LRU). Preprocessing is
-deterministic: the whole image resized to `image_size` × `image_size`, scaled to [-1, 1].
+deterministic: the whole image resized to `image_size` × `image_size` (GAN training), or with
+``keep_aspect=True`` its longer side shrunk to `image_size` (the retrieval protocol: train
+362, test 1024), optionally after cropping rows to a bounding box (revisited Oxford/Paris
+queries); scaled to [-1, 1]. Images of different shapes come back as a list (`load_list`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +22,13 @@ from torch import Tensor
 
 from mdir.data.manifest import read_manifest
 from mdir.data.shards import read_all
-from mdir.data.transforms import decode_many, resize_exact, to_model_range
+from mdir.data.transforms import (
+    crop_box,
+    decode_many,
+    resize_exact,
+    resize_max_side,
+    to_model_range,
+)
 
 
 class ShardImageStore:
@@ -32,12 +41,20 @@ class ShardImageStore:
         image_size: int,
         conditions: list[str] | None = None,
         cache_images: int = 4096,
+        keep_aspect: bool = False,
+        crops: Mapping[int, Sequence[float]] | None = None,
     ) -> None:
+        """`keep_aspect`: `image_size` is the longer side (never enlarged) instead of the
+        square side; `crops`: row id → (x1, y1, x2, y2) box in original pixels, applied
+        before resizing (the crop is shrunk by its full image's factor, as cirtorch does)."""
         m = read_manifest(uri)
         self.uri = uri
+        self.split = split
         self.manifest = m
         self.conditions: list[str] = list(m.conditions)
         self.image_size = image_size
+        self.keep_aspect = keep_aspect
+        self.crops = {int(k): tuple(float(v) for v in b) for k, b in (crops or {}).items()}
         t = read_all(m, ["id", "image", "condition", "place", "pose", "split", "source"])
         mask = None
         if split is not None:
@@ -86,27 +103,56 @@ class ShardImageStore:
                 f"row id {e.args[0]} is not in this store ({self.uri}, {len(self)} rows)"
             ) from None
 
-    def load_uint8(self, ids: Sequence[int]) -> Tensor:
-        """uint8 [len(ids), 3, S, S]."""
+    def _prepare(self, row: int, img: Tensor) -> Tensor:
+        """Decoded uint8 [3, H, W] of store row `row` → the model's input size."""
+        if not self.keep_aspect:
+            return resize_exact(img, self.image_size)
+        box = self.crops.get(int(self._ids[row]))
+        if box is None:
+            return resize_max_side(img, self.image_size)
+        full = max(img.shape[-2:])
+        try:
+            crop = crop_box(img, box)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ValueError(f"{self.uri}: row id {int(self._ids[row])}: {e}") from None
+        return resize_max_side(crop, self.image_size, scale_from=full)
+
+    def load_uint8_list(self, ids: Sequence[int]) -> list[Tensor]:
+        """uint8 [3, H, W] per id (shapes may differ with ``keep_aspect``)."""
         rows = self._rows(ids)
         missing = [r for r in dict.fromkeys(rows) if r not in self._cache]
         if missing:
             for r, img in zip(missing, decode_many([self._bytes[r] for r in missing]), strict=True):
-                self._cache[r] = resize_exact(img, self.image_size)
+                self._cache[r] = self._prepare(r, img)
                 if len(self._cache) > self._cache_max:
                     self._cache.popitem(last=False)
         out = []
         for r in rows:
             t = self._cache.get(r)
             if t is None:  # evicted within this call (cache smaller than the request)
-                t = resize_exact(decode_many([self._bytes[r]])[0], self.image_size)
+                t = self._prepare(r, decode_many([self._bytes[r]])[0])
             else:
                 self._cache.move_to_end(r)
             out.append(t)
+        return out
+
+    def load_uint8(self, ids: Sequence[int]) -> Tensor:
+        """uint8 [len(ids), 3, H, W]; all images must share one shape (else `load_uint8_list`)."""
+        out = self.load_uint8_list(ids)
         if not out:
             return torch.zeros((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
+        shapes = {tuple(t.shape) for t in out}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"{self.uri}: images of {len(shapes)} different shapes cannot be stacked "
+                "(keep_aspect=True); load them with load_list"
+            )
         return torch.stack(out)
 
     def load(self, ids: Sequence[int]) -> Tensor:
-        """float32 [len(ids), 3, S, S] in [-1, 1]."""
+        """float32 [len(ids), 3, H, W] in [-1, 1]."""
         return to_model_range(self.load_uint8(ids))
+
+    def load_list(self, ids: Sequence[int]) -> list[Tensor]:
+        """float32 [3, H, W] in [-1, 1] per id; shapes may differ (``keep_aspect``)."""
+        return [to_model_range(t) for t in self.load_uint8_list(ids)]

@@ -55,6 +55,59 @@ def resize_exact(img: torch.Tensor, size: int) -> torch.Tensor:
     return x[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
+def max_side_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """(H', W') with the longer side at most `max_side`, aspect ratio kept, never enlarged.
+
+    The retrieval protocol of Radenović et al. (cirtorch ``imresize`` = PIL ``thumbnail``):
+    train images at max side 362, test images at 1024; smaller images stay as they are.
+    """
+    if max_side <= 0:
+        raise ValueError(f"max_side must be positive, got {max_side}")
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return h, w
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def resize_max_side(
+    img: torch.Tensor, max_side: int, scale_from: int | None = None
+) -> torch.Tensor:
+    """uint8 [3, H, W] → [3, H', W'] by `max_side_size` (bilinear, antialiased).
+
+    `scale_from`: compute the factor as if the longer side were this many pixels, i.e.
+    resize by max_side / scale_from. A query cropped to its bounding box is shrunk by the
+    factor of its *full* image (cirtorch: ``imresize(crop, imsize · max(crop) / max(full))``,
+    the requested side floored as PIL does), so the crop keeps the scale it has inside the
+    full image at test size.
+    """
+    h, w = img.shape[-2:]
+    side = max(h, w) if scale_from is None else scale_from
+    # PIL's thumbnail floors the requested box (cirtorch passes imsize · max(crop) / max(full))
+    target = math.floor(max_side * max(h, w) / side + 1e-9)
+    nh, nw = max_side_size(h, w, max(1, target))
+    if (nh, nw) == (h, w):
+        return img
+    x = F.interpolate(
+        img[None].float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False
+    )
+    return x[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def crop_box(img: torch.Tensor, box: tuple[float, float, float, float]) -> torch.Tensor:
+    """[3, H, W] cropped to the pixel box (x1, y1, x2, y2), x2/y2 exclusive.
+
+    Coordinates are rounded to integers as PIL's ``Image.crop`` does (the revisited
+    Oxford/Paris query boxes are floats) and clipped to the image; an empty box is an error.
+    """
+    h, w = img.shape[-2:]
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
+    x1, x2 = max(0, min(x1, w)), max(0, min(x2, w))
+    y1, y2 = max(0, min(y1, h)), max(0, min(y2, h))
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"bounding box {tuple(box)} is empty inside a {w}x{h} image")
+    return img[..., y1:y2, x1:x2]
+
+
 def random_square_boxes(
     hw: list[tuple[int, int]], scale_min: float, rng: np.random.Generator
 ) -> np.ndarray:

@@ -4,7 +4,7 @@ As in Radenović et al. / cirtorch (the thesis' retrieval baseline "VGG16 GeM"):
 descriptor d = L2N(Lw(L2N(GeM(trunk(x))))) with Lw an optional learned linear whitening
 (`nn.Linear(D, D_out)` with bias = the centring shift). Inputs are RGB images normalised with
 the ImageNet mean/std (`meta["mean"]`, `meta["std"]`). Trunks: ``vgg16`` (conv layers up to
-the last ReLU, D = 512), ``resnet50`` (up to layer4, D = 2048), ``tiny`` (a 3-conv test trunk,
+the last ReLU, D = 512), ``resnet50`` / ``resnet101`` (up to layer4, D = 2048), ``tiny`` (a 3-conv test trunk,
 D = `tiny_width`, random init; for tests only).
 """
 
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from mdir.models.pooling import GeM, l2n
 from mdir.models.weights import load_trunk
 
-TrunkName = Literal["vgg16", "resnet50", "tiny"]
+TrunkName = Literal["vgg16", "resnet50", "resnet101", "tiny"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -80,8 +80,13 @@ class RetrievalNet(nn.Module):
         """Which trunk weights were loaded ("random" for random init)."""
         return self.meta["weights"]
 
+    def pooled(self, x: Tensor) -> Tensor:
+        """L2N(GeM(trunk(x))): the descriptor before Lw [B, D] (multi-scale averages these)."""
+        return l2n(self.pool(self.features(x)))
+
+    def whitened(self, d: Tensor) -> Tensor:
+        """L2N(Lw(d)) when whitening is installed, else `d` unchanged."""
+        return l2n(self.whiten(d)) if self.whiten is not None else d
+
     def forward(self, x: Tensor) -> Tensor:
-        d = l2n(self.pool(self.features(x)))
-        if self.whiten is not None:
-            d = l2n(self.whiten(d))
-        return d
+        return self.whitened(self.pooled(x))

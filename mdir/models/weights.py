@@ -29,8 +29,12 @@ from torch import nn
 CACHED_FILES = {
     "vgg16": ("vgg16-397923af.pth", "torchvision:IMAGENET1K_V1"),
     "resnet50": ("resnet50-11ad3fa6.pth", "torchvision:IMAGENET1K_V2"),
+    "resnet101": ("resnet101-cd907fc2.pth", "torchvision:IMAGENET1K_V2"),
 }
-_ALT_CACHED = {"resnet50": ("resnet50-0676ba61.pth", "torchvision:IMAGENET1K_V1")}
+_ALT_CACHED = {
+    "resnet50": ("resnet50-0676ba61.pth", "torchvision:IMAGENET1K_V1"),
+    "resnet101": ("resnet101-63fe2227.pth", "torchvision:IMAGENET1K_V1"),
+}
 
 
 def hub_checkpoint_dir() -> Path:
@@ -72,6 +76,8 @@ def _build(arch: str) -> nn.Module:
         return VGG16Trunk()
     if arch == "resnet50":
         return torchvision.models.resnet50(weights=None)
+    if arch == "resnet101":
+        return torchvision.models.resnet101(weights=None)
     raise ValueError(f"unknown trunk {arch!r}; valid: {sorted(CACHED_FILES)}")
 
 
@@ -82,7 +88,7 @@ def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], arch: str, where: 
     if arch == "vgg16":  # the classifier is not part of the trunk
         sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
     missing = [k for k in own if k not in sd]
-    trunk_missing = [k for k in missing if not (arch == "resnet50" and k.startswith("fc."))]
+    trunk_missing = [k for k in missing if not (arch.startswith("resnet") and k.startswith("fc."))]
     if trunk_missing:
         raise ValueError(f"{where}: not a {arch} state dict (missing e.g. {trunk_missing[:3]})")
     unexpected = [k for k in sd if k not in own]
@@ -94,7 +100,7 @@ def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], arch: str, where: 
 def load_trunk(
     arch: str, source: str | None = None, allow_random: bool = False
 ) -> tuple[nn.Module, str]:
-    """A torchvision `arch` ("vgg16" | "resnet50") with pretrained weights (see module doc)."""
+    """A torchvision `arch` ("vgg16" | "resnet50" | "resnet101") with pretrained weights (see module doc)."""
     model = _build(arch)
     source = source or os.environ.get(f"MDIR_{arch.upper()}_WEIGHTS") or None
     if source:

@@ -6,7 +6,9 @@ others pass through unchanged. The generator runs batched on the worker's device
 the selected images. U-Net generators need sides divisible by 256, so the selected images
 are reflection-padded up to the next multiple of `pad_multiple` (keeping context at the
 border, as Jenicek & Chum) and cropped back after translation. MDUIT is exemplar-guided:
-for each translated image a reference image of the target condition is drawn.
+for each translated image a reference image of the target condition is drawn. Aspect-kept
+training images of different shapes (a list) are translated one image at a time, as the
+thesis's per-image augmentation does.
 
 `Translator` is the contract of ``mdir.registry.generators.load_translator``; anything with a
 ``translate(images, reference=None)`` method works (tests use a tiny stand-in).
@@ -121,30 +123,37 @@ class GanAugmenter:
     @torch.no_grad()
     def __call__(
         self,
-        images: Tensor,
+        images: Tensor | list[Tensor],
         eligible: Sequence[bool] | np.ndarray | None = None,
         uniforms: np.ndarray | None = None,
         ref_rng: np.random.Generator | None = None,
-    ) -> tuple[Tensor, np.ndarray]:
-        """images [B,3,H,W] in [-1,1] → (augmented images, bool mask of translated rows).
+    ) -> tuple[Tensor | list[Tensor], np.ndarray]:
+        """images [B,3,H,W] (or a list of [3,H,W]) in [-1,1] → (augmented images of the same
+        kind, bool mask of translated rows).
 
         `uniforms` [B] in [0, 1) replaces the private draws: the training loop draws them for
         the whole global batch from a (seed, epoch, step) generator and hands each rank its
         slice, so the same images are translated whatever the number of workers.
         `ref_rng` likewise replaces the private generator for drawing MDUIT references.
         """
-        b = images.shape[0]
+        b = len(images)
         eligible = np.ones(b, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
         u = self.rng.random(b) if uniforms is None else np.asarray(uniforms, dtype=np.float64)
         mask = (u < self.probability) & eligible
         self.counter.seen += int(eligible.sum())
         if not mask.any():
             return images, mask
-        idx = torch.from_numpy(np.flatnonzero(mask)).to(images.device)
         ref = None
         if self.needs_reference:
             assert self.draw_reference is not None
-            ref = self.draw_reference(int(mask.sum()), ref_rng or self.rng).to(images.device)
+            ref = self.draw_reference(int(mask.sum()), ref_rng or self.rng)
+        if isinstance(images, list) or isinstance(ref, list):
+            # shapes differ (aspect-kept images or references): one image at a time
+            out, done = self._translate_each(list(images), mask, ref)
+            return (out if isinstance(images, list) else torch.stack(out)), done
+        idx = torch.from_numpy(np.flatnonzero(mask)).to(images.device)
+        if ref is not None:
+            ref = ref.to(images.device)
         try:
             out = translate_padded(
                 self.translator, images.index_select(0, idx), self.pad_multiple, ref
@@ -158,3 +167,21 @@ class GanAugmenter:
         images[idx] = out.to(images.dtype)
         self.counter.applied += int(mask.sum())
         return images, mask
+
+    def _translate_each(
+        self, images: list[Tensor], mask: np.ndarray, ref: Tensor | list[Tensor] | None
+    ) -> tuple[list[Tensor], np.ndarray]:
+        """Translate the selected images of a list one at a time (shapes differ)."""
+        out = list(images)
+        try:
+            for k, i in enumerate(np.flatnonzero(mask)):
+                x = images[i]
+                r = None if ref is None else ref[k][None].to(x.device)
+                out[i] = translate_padded(self.translator, x[None], self.pad_multiple, r)[0].to(
+                    x.dtype
+                )
+        except Exception:  # as for batches: count the failure, keep the originals
+            self.counter.failed += int(mask.sum())
+            return images, np.zeros(len(images), dtype=bool)
+        self.counter.applied += int(mask.sum())
+        return out, mask

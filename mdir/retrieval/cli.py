@@ -138,8 +138,12 @@ def eval_cmd(
     model: str = typer.Option(
         ..., "--model", "-m", help="models:/NAME@ALIAS (or /VERSION), or a local model directory."
     ),
-    data: str = typer.Option(
-        ..., "--data", "-d", help="Dataset URI (local path or s3://) with Parquet shards."
+    data: list[str] = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="Dataset URI (local path or s3://) with Parquet shards; repeat for several "
+        "(e.g. roxford5k, rparis6k and tokyo247 ingests for the papers' table).",
     ),
     config: Path | None = typer.Option(
         None,
@@ -151,41 +155,175 @@ def eval_cmd(
         [], "--set", "-o", help="key.sub=value overrides, repeatable."
     ),
     split: str | None = typer.Option(None, help="Evaluation split (default: eval.split, 'test')."),
-    image_size: int | None = typer.Option(None, help="Image side (default: data.image_size, 362)."),
+    max_side: int | None = typer.Option(
+        None,
+        "--max-side",
+        help="Longer side of the test images, aspect kept (default: data.test_max_side, 1024).",
+    ),
     multiscale: bool = typer.Option(
-        False, "--multiscale", help="Multi-scale descriptors at scales 1, 1/√2, 1/2."
+        False,
+        "--multiscale",
+        help="Multi-scale descriptors at scales 1, 1/√2, 1/2 (GeM-p average, as cirtorch).",
+    ),
+    localization: bool = typer.Option(
+        False,
+        "--localization",
+        help="Also print the localization table (MDUIT Table 1: recall at (0.25 m, 2°), "
+        "(0.5 m, 5°), (5 m, 10°), Day / Night); needs posed queries and database.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for table.md and table.json (written atomically)."
     ),
     device: str = typer.Option("cpu", help="torch device."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the metrics."),
 ) -> None:
-    """Evaluate a registered embedding network: recall@N and localization recall (Day/Night), mAP."""
+    """Evaluate a registered embedding network on one or more datasets.
+
+    Prints every metric (recall@N, mAP, localization recall Day/Night) per dataset, then the
+    papers' table (ROxf / RPar Easy / Medium / Hard mAP, Tokyo 24/7 mAP and recall@1/5/10 at
+    25 m, ×100) as markdown; with --out also table.md / table.json; with MLFLOW_TRACKING_URI set
+    the table is logged to an MLflow run (experiment mlflow.experiment). Revisited queries are
+    cropped to their bounding boxes; images keep their aspect ratio."""
     from mdir.config import ConfigError, apply_overrides, read_yaml, validate
+    from mdir.data.io import DataPathError
     from mdir.registry.uri import ModelNotFoundError
     from mdir.retrieval.config import RetrievalJobConfig
     from mdir.retrieval.descriptors import MULTISCALE
     from mdir.retrieval.evaluate import evaluate_registered
+    from mdir.retrieval.table import (
+        dataset_key,
+        finite,
+        localization_markdown,
+        localization_row,
+        paper_row,
+        to_markdown,
+    )
 
+    docs = []
     try:
         base = read_yaml(config) if config else {}
-        base.setdefault("data", {})["uri"] = data
         ov = list(override)
         if split:
             ov.append(f"eval.split={split}")
-        if image_size:
-            ov.append(f"data.image_size={image_size}")
+        if max_side:
+            ov.append(f"data.test_max_side={max_side}")
         if multiscale:
             ov.append("eval.scales=[" + ",".join(str(s) for s in MULTISCALE) + "]")
-        cfg = validate(
-            RetrievalJobConfig, apply_overrides(base, ov), source=str(config or "eval options")
-        )
-        doc = evaluate_registered(model, data, cfg, device)
-    except (ConfigError, ModelNotFoundError, FileNotFoundError, ValueError) as e:
+        for k, uri in enumerate(data, 1):
+            base.setdefault("data", {})["uri"] = uri
+            cfg = validate(
+                RetrievalJobConfig, apply_overrides(base, ov), source=str(config or "eval options")
+            )
+            typer.echo(f"[{k}/{len(data)}] evaluating on {uri} ...", err=True)
+            docs.append(evaluate_registered(model, uri, cfg, device, _Progress()))
+    except (ConfigError, DataPathError, ModelNotFoundError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    named = {d["dataset"]: d["metrics"] for d in docs if dataset_key(d["dataset"])}
+    row = paper_row(named)
+    table = {
+        "model_uri": model,
+        "model_version": docs[0]["model_version"],
+        "datasets": {d["dataset"]: d["data"] for d in docs if d["dataset"]},
+        "scales": docs[0]["scales"],
+        "max_side": docs[0]["max_side"],
+        "columns": finite(row),
+    }
+    label = _label(model, docs[0]["model_version"])
+    md = to_markdown([(label, row)]) if named or not localization else ""
+    if localization:
+        try:
+            loc = {
+                (d["dataset"] or Path(d["data"]).name): localization_row(d["metrics"]) for d in docs
+            }
+        except ValueError as e:
+            _fail(f"--localization: {e}")
+        table["localization"] = {k: finite(v) for k, v in loc.items()}
+        loc_md = localization_markdown(
+            [(label if len(loc) == 1 else f"{label} on {k}", v) for k, v in loc.items()]
+        )
+        md = f"{md}\n\nLocalization recall (%):\n\n{loc_md}" if md else loc_md
+    if out is not None:
+        _write_table(out, md, table)
+    _log_table_run(cfg, table, md, docs)
+    doc = {**docs[0], "results": docs, "table": table}
     if as_json:
         typer.echo(json.dumps(doc, default=str))
         return
-    typer.echo(
-        f"model {doc['model_uri']} (version {doc['model_version']}) on {data} [{doc['split']}]"
-    )
-    for k, v in sorted(doc["metrics"].items()):
-        typer.echo(f"  {k:<32} {v:.4f}")
+    for d in docs:
+        typer.echo(
+            f"model {d['model_uri']} (version {d['model_version']}) on {d['data']} "
+            f"[{d['dataset'] or d['split']}]"
+        )
+        for k, v in sorted(d["metrics"].items()):
+            typer.echo(f"  {k:<32} {v:.4f}")
+    typer.echo("\n" + md)
+    if out is not None:
+        typer.echo(f"\nwritten: {out / 'table.md'}, {out / 'table.json'}")
+
+
+class _Progress:
+    """Prints extraction progress to stderr every ~10 % (stdout stays one JSON with --json)."""
+
+    def __init__(self) -> None:
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth != self.shown:
+            self.shown = tenth
+            typer.echo(f"  descriptors {done}/{total}", err=True)
+
+
+def _label(model: str, version) -> str:
+    return f"{model} (v{version})" if version else model
+
+
+def _write_table(out: Path, md: str, table: dict) -> None:
+    """table.md and table.json, each replaced atomically (never half a file)."""
+    from mdir.data.io import write_bytes_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(str(out / "table.md"), (md + "\n").encode())
+    write_bytes_atomic(str(out / "table.json"), json.dumps(table, indent=2).encode())
+
+
+def _log_table_run(cfg, table: dict, md: str, docs: list[dict]) -> None:
+    """One MLflow run with the table's cells as metrics (``table/<column>``), each dataset's
+    metrics (``<dataset>/<metric>``) and table.md / table.json as artifacts."""
+    import math
+    import os
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    try:
+        import mlflow
+
+        mlflow.set_experiment(cfg.mlflow.experiment)
+        with mlflow.start_run(run_name=f"eval-{table['model_uri']}") as run:
+            mlflow.set_tags({"mdir.job": "retrieval-eval", "mdir.model_uri": table["model_uri"]})
+            mlflow.log_params(
+                {
+                    "model_uri": table["model_uri"],
+                    "model_version": str(table["model_version"]),
+                    "scales": ",".join(f"{s:g}" for s in table["scales"]),
+                    "max_side": table["max_side"],
+                    **{f"data.{k}": v for k, v in table["datasets"].items()},
+                }
+            )
+            mlflow.log_metrics({f"table/{k}": v for k, v in table["columns"].items()})
+            for name, cells in table.get("localization", {}).items():
+                mlflow.log_metrics({f"localization/{name}/{k}": v for k, v in cells.items()})
+            for d in docs:
+                name = d["dataset"] or d["split"]
+                mlflow.log_metrics(
+                    {
+                        f"{name}/{k}": float(v)
+                        for k, v in d["metrics"].items()
+                        if math.isfinite(float(v))
+                    }
+                )
+            mlflow.log_text(md + "\n", "table/table.md")
+            mlflow.log_text(json.dumps(table, indent=2), "table/table.json")
+            typer.echo(f"MLflow run {run.info.run_id}", err=True)
+    except Exception as e:  # noqa: BLE001 — the printed / written table is the result
+        typer.echo(f"(could not log the table to MLflow: {e})", err=True)

@@ -2,11 +2,13 @@
 
 Defaults follow the thesis (section 3.3/3.4) and the original GeM fine-tuning
 (Radenović, Tolias, Chum, TPAMI 2018, "cirtorch"): VGG-16 trunk, GeM with learnable
-p (init 3), L2N, contrastive loss with margin τ = 0.85 for VGG (0.75 for ResNet), tuples of
-1 query + 1 positive + 5 hard negatives, 2000 queries and a 20000-image pool re-mined every
-epoch, Adam with lr 1e-6 for VGG (5e-7 for ResNet), weight decay 1e-6, lr decay
-exp(-0.01·epoch), 5 tuples per batch, training images of size 362, learned whitening Lw as
-post-processing. GAN augmentation translates each training image with probability 0.15
+p (init 3), L2N, contrastive loss with margin τ = 0.75 for VGG-16 (TPAMI 2018, section 5)
+and 0.85 for ResNet (cirtorch README's ResNet-101 training command; the train script's own
+default, 0.7, is used by neither), tuples of 1 query + 1 positive + 5 hard negatives, 2000
+queries and a 20000-image pool re-mined every epoch, Adam with lr 1e-6 for VGG (5e-7 for
+ResNet), weight decay 1e-6, lr decay exp(-0.01·epoch), 5 tuples per batch, training images
+with the longer side at 362 px and test images at 1024 px, aspect ratio kept (cirtorch
+``imresize``), learned whitening Lw as post-processing. GAN augmentation translates each training image with probability 0.15
 after reflection-padding it to a multiple of 256 (thesis 3.4). Positives from poses use the
 MDUIT thresholds (rotation < 8°, translation < 7 m).
 """
@@ -20,17 +22,24 @@ from pydantic import Field, model_validator
 
 from mdir.config import StrictModel, load_config
 
-Arch = Literal["vgg16", "resnet50", "tiny"]
+Arch = Literal["vgg16", "resnet50", "resnet101", "tiny"]
 
-#: margin τ of the contrastive loss per trunk (Radenović et al. TPAMI 2018, section 5)
-DEFAULT_MARGIN: dict[str, float] = {"vgg16": 0.85, "resnet50": 0.75, "tiny": 0.85}
-#: Adam learning rate per trunk (same source)
-DEFAULT_LR: dict[str, float] = {"vgg16": 1e-6, "resnet50": 5e-7, "tiny": 1e-6}
+#: margin τ of the contrastive loss per trunk: VGG-16 0.75 (Radenović et al. TPAMI 2018),
+#: ResNet 0.85 (cirtorch README: resnet101 --loss-margin 0.85); tiny follows VGG
+DEFAULT_MARGIN: dict[str, float] = {
+    "vgg16": 0.75,
+    "resnet50": 0.85,
+    "resnet101": 0.85,
+    "tiny": 0.75,
+}
+#: Adam learning rate per trunk (same sources; cirtorch README: resnet101 --lr 5e-7)
+DEFAULT_LR: dict[str, float] = {"vgg16": 1e-6, "resnet50": 5e-7, "resnet101": 5e-7, "tiny": 1e-6}
 
 
 class RetrievalModelConfig(StrictModel):
     arch: Arch = Field(
-        "vgg16", description="Conv trunk: vgg16 (thesis), resnet50, or tiny (tests/demo)."
+        "vgg16",
+        description="Conv trunk: vgg16 (thesis), resnet50, resnet101 (cirtorch's best), or tiny (tests/demo).",
     )
     weights: str | None = Field(
         None,
@@ -62,15 +71,22 @@ class RetrievalDataConfig(StrictModel):
         description="Dataset name used in `mdir-retrieval-<name>`; default: last URI component.",
     )
     train_split: str = Field("train", description="Split used for tuples, mining and whitening.")
-    image_size: int = Field(
-        362, gt=0, description="Training/eval image side in pixels (thesis: 362)."
+    train_max_side: int = Field(
+        362,
+        gt=0,
+        description="Training images: longer side in pixels, aspect kept, never enlarged (thesis / cirtorch: 362).",
+    )
+    test_max_side: int = Field(
+        1024,
+        gt=0,
+        description="Evaluation images: longer side in pixels, aspect kept, never enlarged (cirtorch test: 1024).",
     )
     train_conditions: list[str] = Field(
         default_factory=list, description="Conditions used for training tuples (empty = all)."
     )
     positives: Literal["auto", "place", "pose", "pairs"] = Field(
         "auto",
-        description="Matching information: place ids, pose thresholds, or an explicit pairs list; auto = pose if poses exist, else place.",
+        description="Matching information: place ids, pose thresholds, or query/positive pairs (data.pairs_file, else the pairs the ingest layout stored, e.g. Retrieval-SfM's qidxs/pidxs); auto = pose if poses exist, else place.",
     )
     max_translation_m: float = Field(
         7.0, gt=0, description="Pose positives: camera centres closer than this (MDUIT: 7 m)."
@@ -80,7 +96,7 @@ class RetrievalDataConfig(StrictModel):
     )
     pairs_file: str | None = Field(
         None,
-        description="CSV/JSON of (query, positive) row ids or source paths (Retrieval-SfM style); needed for positives=pairs.",
+        description="CSV/JSON of (query, positive) row ids or source paths; positives=pairs without it uses the manifest's pairs.",
     )
 
 
@@ -95,7 +111,9 @@ class MiningConfig(StrictModel):
     )
     neg_num: int = Field(5, gt=0, description="Hard negatives per tuple (thesis: 5).")
     margin: float | None = Field(
-        None, gt=0, description="Contrastive margin τ; None = 0.85 for VGG, 0.75 for ResNet."
+        None,
+        gt=0,
+        description="Contrastive margin τ; None = the trunk's default (0.75 VGG-16, 0.85 ResNet).",
     )
     batch_size: int = Field(
         32, gt=0, description="Images per forward pass while mining/extracting descriptors."
@@ -147,6 +165,10 @@ class AugmentConfig(StrictModel):
 
 
 class RetrievalEvalConfig(StrictModel):
+    uri: str | None = Field(
+        None,
+        description="Dataset evaluated during and after training (e.g. an roxford5k ingest); None = data.uri.",
+    )
     split: str = Field(
         "test",
         description="Split of the evaluation queries (and of the database unless database_split is set).",
@@ -167,7 +189,12 @@ class RetrievalEvalConfig(StrictModel):
         description="Query conditions counted as Night (the rest are Day) in the split metrics.",
     )
     scales: list[float] = Field(
-        default_factory=lambda: [1.0], description="Multi-scale extraction, e.g. [1, 0.7071, 0.5]."
+        default_factory=lambda: [1.0],
+        description="Descriptor scales; several = GeM-p average of the per-scale descriptors (cirtorch: [1, 0.7071, 0.5]).",
+    )
+    crop_queries: bool = Field(
+        True,
+        description="Crop revisited Oxford/Paris queries to their bounding box before extraction (the revisited protocol).",
     )
     recall_n: list[int] = Field(default_factory=lambda: [1, 5, 10], description="N of recall@N.")
     search: Literal["auto", "exact", "faiss"] = Field(
@@ -241,8 +268,6 @@ class RetrievalJobConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalJobConfig:
-        if self.data.positives == "pairs" and not self.data.pairs_file:
-            raise ValueError("data.pairs_file is required when data.positives is 'pairs'")
         if self.optim.batch_size % self.scaling.num_workers:
             raise ValueError(
                 f"optim.batch_size ({self.optim.batch_size}) must be a multiple of scaling.num_workers "
@@ -286,4 +311,7 @@ def load_retrieval_config(
     data = {"uri": absolute_local(cfg.data.uri)}
     if cfg.data.pairs_file:
         data["pairs_file"] = absolute_local(cfg.data.pairs_file)
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
+    update = {"data": cfg.data.model_copy(update=data)}
+    if cfg.eval.uri:
+        update["eval"] = cfg.eval.model_copy(update={"uri": absolute_local(cfg.eval.uri)})
+    return cfg.model_copy(update=update)

@@ -13,11 +13,15 @@ ranked by descriptor similarity (exact search, or faiss for large sets), and the
 * ``loc/{day,night}/<t>m_<r>deg`` — localization recall: the pose of the top-1 database image is the
   query's pose estimate; fraction of queries within (0.25 m, 2°), (0.5 m, 5°), (5 m, 10°),
   Day-All / Night-All as in the MDUIT table. Only queries with a known pose count.
+
+Images are read at the test size of the protocol: longer side `data.test_max_side` (cirtorch:
+1024), aspect kept. Revisited Oxford/Paris queries are cropped to their bounding box (the
+layout's ``bbx``) before resizing, as the revisited protocol requires (`eval.crop_queries`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +49,10 @@ class EvalSet:
     pos_override: list[np.ndarray] | None = None
     #: localization recall needs full poses (Tokyo 24/7 has no orientation)
     localize: bool = True
+    #: the evaluation layout's dataset name (roxford5k, rparis6k, tokyo247, ...) or None
+    dataset: str | None = None
+    #: query row id → bounding box (x1, y1, x2, y2) the query images were cropped to
+    query_crops: dict[int, tuple[float, ...]] | None = None
 
     @classmethod
     def from_split(
@@ -76,7 +84,7 @@ class EvalSet:
 
     @classmethod
     def open(
-        cls, cfg: RetrievalJobConfig, image_size: int | None = None, uri: str | None = None
+        cls, cfg: RetrievalJobConfig, max_side: int | None = None, uri: str | None = None
     ) -> EvalSet:
         """Open the evaluation queries/database of `uri` (default ``data.uri``).
 
@@ -94,25 +102,30 @@ class EvalSet:
 
         d, e = cfg.data, cfg.eval
         uri = uri or d.uri
-        size = image_size or d.image_size
+        size = max_side or d.test_max_side
         m = read_manifest(uri)
         layout = (m.extra or {}).get("layout", {}) or {}
+        crops = query_boxes(layout) if e.crop_queries else {}
         q_split, db_split = e.split, e.database_split
         db_conditions = list(e.database_conditions)
         if q_split not in m.splits and {"query", "db"} <= set(m.splits):
             q_split, db_split, db_conditions = "query", "db", []
             if layout.get("dataset") == "robotcar_seasons" and "train" in m.splits:
                 q_split = "train"
-        qstore = ShardImageStore(uri, q_split, size)
+        qstore = ShardImageStore(uri, q_split, size, keep_aspect=True, crops=crops)
         nq = None
         store = qstore
         dbstore = None
         if db_split and db_split != q_split:
-            dbstore = ShardImageStore(uri, db_split, size, conditions=db_conditions or None)
+            dbstore = ShardImageStore(
+                uri, db_split, size, conditions=db_conditions or None, keep_aspect=True
+            )
             store, nq = ConcatStore([qstore, dbstore]), len(qstore)
         data = from_store(store, d.positives, d.max_translation_m, d.max_rotation_deg, None)
         ecfg = e.model_copy(update={"database_conditions": db_conditions})
         es = cls.from_split(data, ecfg, nq)
+        es.dataset = layout.get("dataset")
+        es.query_crops = crops or None
         if "gnd" in layout and dbstore is not None:
             db_index = {int(i): k for k, i in enumerate(dbstore.ids())}  # row id → db_rows index
             q_ids = qstore.ids()
@@ -144,6 +157,17 @@ class EvalSet:
         """Per query: indices into `db_rows` of its positives."""
         m = self.data.matching
         return [np.flatnonzero(m.positive_mask(int(q), self.db_rows)) for q in self.query_rows]
+
+
+def query_boxes(layout: dict[str, Any]) -> dict[int, tuple[float, ...]]:
+    """Query row id → (x1, y1, x2, y2) from a revisited layout's ground truth (``gnd[*].bbx``);
+    queries without a box are not cropped."""
+    out: dict[int, tuple[float, ...]] = {}
+    for g in layout.get("gnd", []) or []:
+        box = g.get("bbx") or []
+        if len(box) == 4:
+            out[int(g["query_id"])] = tuple(float(v) for v in box)
+    return out
 
 
 def compute_metrics(
@@ -221,29 +245,46 @@ def evaluate_model(
     ecfg: RetrievalEvalConfig,
     device: torch.device | str = "cpu",
     batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
-    """Extract (distributed when under DDP) and compute metrics; every rank gets the same dict."""
+    """Extract (distributed when under DDP) and compute metrics; every rank gets the same dict.
+    `progress(done, total)` reports extraction (database, then queries) per batch."""
     scales: Sequence[float] = ecfg.scales
     rows = np.concatenate([es.db_rows, es.query_rows])
-    vecs = extract(model, es.data.load, rows, device=device, batch_size=batch_size, scales=scales)
+    vecs = extract(
+        model,
+        es.data.load,
+        rows,
+        device=device,
+        batch_size=batch_size,
+        scales=scales,
+        progress=progress,
+    )
     db, q = vecs[: len(es.db_rows)], vecs[len(es.db_rows) :]
     return compute_metrics(q, db, es, ecfg)
 
 
 def evaluate_registered(
-    model_uri: str, data_uri: str, cfg: RetrievalJobConfig, device: str = "cpu"
+    model_uri: str,
+    data_uri: str,
+    cfg: RetrievalJobConfig,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """`mdir retrieval eval`: load ``models:/NAME@ALIAS`` and evaluate it on `data_uri`."""
     from mdir.retrieval.registry import load_registered_model
 
     model, info = load_registered_model(model_uri, device)
     es = EvalSet.open(cfg, uri=data_uri)
-    metrics = evaluate_model(model, es, cfg.eval, device, cfg.mining.batch_size)
+    metrics = evaluate_model(model, es, cfg.eval, device, cfg.mining.batch_size, progress)
     return {
         "model_uri": model_uri,
         "model_version": info.get("version"),
         "data": data_uri,
+        "dataset": es.dataset,
         "split": cfg.eval.split,
         "scales": list(cfg.eval.scales),
+        "max_side": cfg.data.test_max_side,
+        "cropped_queries": len(es.query_crops or {}),
         "metrics": metrics,
     }

@@ -15,11 +15,18 @@ from torch import Tensor, nn
 
 from mdir.models.retrieval import RetrievalNet
 from mdir.retrieval.config import RetrievalModelConfig
+from mdir.retrieval.data import Images, per_shape
 from mdir.retrieval.whitening import Whitening
 
 
 class EmbeddingModel(nn.Module):
-    """[-1,1] images [B,3,H,W] → L2-normalised descriptors [B, D] (with Lw once learned)."""
+    """[-1,1] images [B,3,H,W] → L2-normalised descriptors [B, D] (with Lw once learned).
+
+    `forward` also takes a list of [3, H, W] images of different shapes (aspect-kept
+    retrieval images) and runs the network once per shape group, in one call, so DDP sees one
+    forward per step. The trunks here have no batch-dependent layers in eval mode and the
+    retrieval job keeps BatchNorm frozen (cirtorch), so grouping gives the same descriptors
+    as cirtorch's one image at a time."""
 
     def __init__(self, cfg: RetrievalModelConfig) -> None:
         super().__init__()
@@ -45,9 +52,24 @@ class EmbeddingModel(nn.Module):
     def dim(self) -> int:
         return int(self.net.meta["outputdim"])
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = ((x + 1.0) * 0.5 - self.in_mean) / self.in_std
-        return self.net(x)
+    @property
+    def gem_p(self) -> float:
+        """GeM exponent p (mean over channels): the power of multi-scale averaging (cirtorch msp)."""
+        return float(self.net.pool.p.detach().mean())
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        return ((x + 1.0) * 0.5 - self.in_mean) / self.in_std
+
+    def pooled(self, x: Images) -> Tensor:
+        """Descriptors before Lw: L2N(GeM(trunk(x))) [B, D]."""
+        return per_shape(lambda b: self.net.pooled(self._normalise(b)), x)
+
+    def whitened(self, d: Tensor) -> Tensor:
+        """Apply Lw (+ L2N) when learned; identity before."""
+        return self.net.whitened(d)
+
+    def forward(self, x: Images) -> Tensor:
+        return per_shape(lambda b: self.net(self._normalise(b)), x)
 
     def set_whitening(self, w: Whitening) -> None:
         """Install Lw as the network's ``whiten`` layer (d = L2N(P(L2N(GeM)) − Pμ))."""

@@ -41,7 +41,7 @@ from mdir.config import dump_config
 from mdir.registry.aliases import ResolvedModel, resolve_model
 from mdir.retrieval.augment import GanAugmenter
 from mdir.retrieval.config import RetrievalJobConfig
-from mdir.retrieval.data import SplitData, open_split
+from mdir.retrieval.data import Images, SplitData, open_split, to_device
 from mdir.retrieval.descriptors import extract
 from mdir.retrieval.evaluate import EvalSet, evaluate_model
 from mdir.retrieval.mining import draw_queries_and_pool, mine_tuples
@@ -83,8 +83,22 @@ def validate_before_launch(cfg: RetrievalJobConfig) -> ResolvedModel | None:
         check_reachable(cfg.data.uri, manifest=True)
     except Exception as e:
         raise LaunchError(f"data.uri: {e}") from e
+    if cfg.eval.uri:
+        try:
+            check_reachable(cfg.eval.uri, manifest=True)
+        except Exception as e:
+            raise LaunchError(f"eval.uri: {e}") from e
     if cfg.data.pairs_file and not Path(cfg.data.pairs_file).is_file():
         raise LaunchError(f"data.pairs_file: {cfg.data.pairs_file} does not exist")
+    if cfg.data.positives == "pairs" and not cfg.data.pairs_file:
+        from mdir.data.manifest import read_manifest
+
+        layout = (read_manifest(cfg.data.uri).extra or {}).get("layout", {}) or {}
+        if not (layout.get("pairs") or {}).get(cfg.data.train_split):
+            raise LaunchError(
+                f"data.positives=pairs: no data.pairs_file and the manifest of {cfg.data.uri} "
+                f"has no query/positive pairs for split {cfg.data.train_split!r}"
+            )
     if not cfg.augment.generator:
         return None
     from mdir.registry.uri import ModelNotFoundError
@@ -263,6 +277,14 @@ def _finite(values: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _freeze_batchnorm(m: torch.nn.Module) -> None:
+    """BatchNorm layers (ResNet trunks) keep their ImageNet statistics while fine-tuning
+    (cirtorch ``set_batchnorm_eval``): tuples are embedded in shape groups or one image at a
+    time, whose batch statistics would be meaningless."""
+    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        m.eval()
+
+
 def _contrastive(desc: torch.Tensor, tuple_len: int, margin: float) -> torch.Tensor:
     """Contrastive loss over consecutive tuples [q, p, n1..] (``mdir.losses.contrastive_loss``)."""
     from mdir.losses import contrastive_loss
@@ -289,11 +311,14 @@ def _make_augmenter(
         # the tuples may exclude the target condition (e.g. train without night images): draw
         # MDUIT appearance references from the whole training split instead
         ref_data = open_split(
-            cfg.data.uri, cfg.data.train_split, cfg.data.image_size, [cfg.augment.target_condition]
+            cfg.data.uri,
+            cfg.data.train_split,
+            cfg.data.train_max_side,
+            [cfg.augment.target_condition],
         )
         ref_rows = np.arange(len(ref_data), dtype=np.int64)
 
-    def draw_reference(n: int, rng: np.random.Generator) -> torch.Tensor:
+    def draw_reference(n: int, rng: np.random.Generator) -> Images:
         return ref_data.load(rng.choice(ref_rows, size=n, replace=True).tolist())
 
     aug = GanAugmenter(
@@ -410,14 +435,14 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
     data = open_split(
         d.uri,
         d.train_split,
-        d.image_size,
+        d.train_max_side,
         d.train_conditions or None,
         d.positives,
         d.max_translation_m,
         d.max_rotation_deg,
         d.pairs_file,
     )
-    eval_set = EvalSet.open(cfg, d.image_size)
+    eval_set = EvalSet.open(cfg, uri=cfg.eval.uri)
 
     from mdir.retrieval.model import build_model
 
@@ -503,11 +528,12 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
             return tuples[s * B + rank * b : s * B + (rank + 1) * b].reshape(-1)
 
         net.train()
+        model.apply(_freeze_batchnorm)
         loss_sum = torch.zeros(1, device=device, dtype=torch.float64)
         fut = prefetch.submit(data.load, local_rows(0).tolist())
         for s in range(steps):
             rows = local_rows(s)
-            images = fut.result().to(device, non_blocking=True)
+            images = to_device(fut.result(), device)
             if s + 1 < steps:
                 fut = prefetch.submit(data.load, local_rows(s + 1).tolist())
             if augmenter is not None:
