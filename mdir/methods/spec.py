@@ -8,6 +8,8 @@ and answers every question the rest of mdir used to answer with ``name == "mduit
 * ``method_class()`` / ``build_generator(cfg)`` — the training class and the inference
   generator (what `Method.generator()` returns), both imported lazily;
 * ``check_size(cfg, size)`` — an error message when the image size does not fit the nets;
+* ``size_multiple(cfg)`` — the generator's stride multiple: H and W of an inference input
+  must be divisible by it (`mdir.methods.anysize` pads any image up to it);
 * ``needs_vgg`` / ``needs_poses`` — preflight checks of pretrained VGG weights and poses;
 * ``summary(size)`` — its default networks with example inputs (`mdir models summary`);
 * bench defaults: ``bench_lite`` (narrow widths), ``bench_config`` (always applied),
@@ -29,6 +31,10 @@ def _no_size_limit(cfg: Any, size: int) -> str | None:
     return None
 
 
+def _any_size(cfg: Any) -> int:
+    return 1
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """The facts of one method (see the module docstring)."""
@@ -45,6 +51,8 @@ class MethodSpec:
     needs_vgg: bool = False
     needs_poses: bool = False
     check_size: Callable[[Any, int], str | None] = _no_size_limit
+    #: cfg -> H and W of the generator's input must be multiples of this
+    size_multiple: Callable[[Any], int] = _any_size
     batch_keys: tuple[str, ...] = ("A", "B")
     bench_config: dict[str, Any] = field(default_factory=dict)
     bench_lite: dict[str, Any] = field(default_factory=dict)

@@ -49,6 +49,11 @@ def _check_size(m: Pix2PixConfig, size: int) -> str | None:
     )
 
 
+def _size_multiple(m: Pix2PixConfig) -> int:
+    """The U-Net halves the size num_downs times and concatenates equal-size skips."""
+    return 2**m.num_downs
+
+
 SPEC = MethodSpec(
     name="pix2pix",
     config=Pix2PixConfig,
@@ -56,6 +61,7 @@ SPEC = MethodSpec(
     build_generator=_generator,
     summary=_summary,
     check_size=_check_size,
+    size_multiple=_size_multiple,
     bench_lite={"ngf": 8, "ndf": 8},
     bench_tiny=("method.ngf=16", "method.ndf=16", "method.num_downs=5"),
 )
