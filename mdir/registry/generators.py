@@ -117,6 +117,26 @@ def model_card(cfg: Any, metrics: dict[str, float], step: int) -> str:
 
 
 @contextmanager
+def _no_uv_project_files() -> Iterator[None]:
+    """MLflow ≥ 3.17 copies ``uv.lock`` / ``pyproject.toml`` from the current directory into
+    a logged model when it finds them (``MLFLOW_UV_AUTO_DETECT``), and ``--env-manager uv``
+    then restores *that* project — mdir's own lock, whose root is an editable ``mdir`` that
+    is not there. What the model needs is `pip_requirements()`, whatever the cwd of the
+    logging process, so the detection is off while logging."""
+    keys = ("MLFLOW_UV_AUTO_DETECT", "MLFLOW_LOG_UV_FILES")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(dict.fromkeys(keys, "false"))
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
 def _resumed_run(client: Any, run_id: str) -> Iterator[None]:
     """`mlflow.start_run(run_id)` for a run of any experiment. MLflow refuses to resume a
     run outside the process's active experiment (whatever an earlier `mlflow.set_experiment`
@@ -160,7 +180,7 @@ def register_generator(
         Path(cfg_path).write_text(json.dumps(cfg.method.model_dump(mode="json"), indent=2))
         w_path = os.path.join(d, "generator.safetensors")
         Path(w_path).write_bytes(Path(weights_path).read_bytes())
-        with _resumed_run(client, run_id):
+        with _resumed_run(client, run_id), _no_uv_project_files():
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN,
                 python_model=PYFUNC_FILE,

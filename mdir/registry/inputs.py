@@ -21,7 +21,7 @@ def photo_tensor(path: Path) -> Tensor:
     """An image file → float32 [3, H, W] in [-1, 1], as displayed (EXIF applied).
     Raises `mdir.data.images.BadInput` (with the ingest skip reason) for a bad file."""
     arr, _ = decode_photo(Path(path).read_bytes())
-    return to_model_range(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1))
+    return to_model_range(torch.from_numpy(arr.copy()).permute(2, 0, 1))  # writable
 
 
 def to_uint8_hwc(image: Tensor) -> np.ndarray:
