@@ -126,7 +126,8 @@ def translate_cmd(
         tmp.replace(dest)  # atomic: a reader never sees half a file
         written += 1
         h, w = x.shape[-2:]
-        typer.echo(f"[{k}/{len(images)}] {p} ({w}×{h}) → {dest}")
+        how = f"tiled {tile} px" if h * w > max_pixels else "whole"
+        typer.echo(f"[{k}/{len(images)}] {p} ({w}×{h}, {how}) → {dest}")
     typer.echo(
         f"{written} translated images in {out} ({tr.method}, {tr.model_uri}, version {tr.version}); {bad} skipped"
     )
