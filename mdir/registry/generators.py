@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from mdir.methods.anysize import DEFAULT_MAX_PIXELS, translate_any_size
 from mdir.methods.specs import get_spec, parse_method_config
+from mdir.methods.tile_norm import translate_shared_norms
 from mdir.registry.aliases import resolve_model, set_version_tag
 from mdir.registry.uri import alias_uri, is_model_uri
 
@@ -248,24 +249,25 @@ class Translator:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         tile: int = 512,
         overlap: int = 64,
+        shared_norms: bool = True,
     ) -> Tensor:
         """One image [3,H,W] or [1,3,H,W] in [-1, 1] of any size → its translation, same
         shape (`mdir.methods.anysize.translate_any_size`: reflection-padded to the stride
         multiple, tiled above `max_pixels`). `reference` (MDUIT: the target appearance,
-        [3,h,w] or [1,3,h,w], any size) is used for every tile. Output on the input's device."""
+        [3,h,w] or [1,3,h,w], any size) is used for every tile. `shared_norms`: tiles are
+        normalised with statistics pooled over all tiles (`mdir.methods.tile_norm`; one more
+        pass, only when tiling). Output on the input's device."""
         if self.needs_reference and reference is None:
             raise ValueError(f"{self.method} needs a `reference` image (the target appearance)")
         ref = None
         if reference is not None:
             ref = reference if reference.dim() == 4 else reference.unsqueeze(0)
-        return translate_any_size(
-            lambda x: self.translate(x, ref),
-            image,
-            multiple=self.size_multiple,
-            max_pixels=max_pixels,
-            tile=tile,
-            overlap=overlap,
-        )
+        kw = {"multiple": self.size_multiple, "max_pixels": max_pixels, "tile": tile}
+        if shared_norms:
+            return translate_shared_norms(
+                self.generator, lambda x: self.translate(x, ref), image, overlap=overlap, **kw
+            )
+        return translate_any_size(lambda x: self.translate(x, ref), image, overlap=overlap, **kw)
 
 
 def resolve_version(model_uri: str, client: Any = None) -> tuple[str | None, str | None]:

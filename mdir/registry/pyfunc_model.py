@@ -7,7 +7,8 @@ and two artifacts: ``weights`` (the generator state dict as safetensors) and ``c
 ``sys.path`` before this file runs, so a served model imports that copy, not whatever
 ``mdir`` a serving environment may have (the PyPI ``mdir`` is an unrelated project).
 Loading rebuilds the network with `mdir.methods.build_generator`; prediction translates
-with `mdir.methods.anysize.translate_any_size` around `mdir.methods.translate_with`.
+with `mdir.methods.anysize.translate_any_size` around `mdir.methods.translate_with`
+(tiles share pooled norm statistics: `mdir.methods.tile_norm`).
 
 Input: float32 images [B, 3, H, W] in [-1, 1] of any H, W (padded to the network's stride
 multiple and cropped back; tiled above the ``max_pixels`` param); a method that needs a
@@ -49,7 +50,8 @@ class MdirGenerator(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001 - pyfunc contract
         from mdir.methods import translate_with
-        from mdir.methods.anysize import DEFAULT_MAX_PIXELS, translate_any_size
+        from mdir.methods.anysize import DEFAULT_MAX_PIXELS
+        from mdir.methods.tile_norm import translate_shared_norms
 
         torch = self.torch
         max_pixels = int((params or {}).get("max_pixels") or DEFAULT_MAX_PIXELS)
@@ -65,7 +67,8 @@ class MdirGenerator(mlflow.pyfunc.PythonModel):
         if images.dim() != 4:
             raise ValueError(f"images: expected [B, 3, H, W], got {tuple(images.shape)}")
         with torch.no_grad():
-            out = translate_any_size(
+            out = translate_shared_norms(
+                self.gen,
                 lambda x: translate_with(self.gen, self.cfg, x, reference),
                 images,
                 multiple=self.multiple,
