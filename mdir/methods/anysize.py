@@ -17,7 +17,8 @@ stride-2 convolutions) — the method's spec says which (`MethodSpec.size_multip
   on the image border. Neighbouring windows cross-fade (cos² + sin² = 1 over the overlap),
   and the blend is normalised by the summed weights, so no seam shows. Networks with
   instance / layer norm compute their statistics per tile, so a tiled translation is
-  close to, not equal to, the untiled one (measured in tests/test_translate_anysize.py).
+  close to, not equal to, the untiled one; `mdir.methods.tile_norm` makes the tiles share
+  pooled statistics (measured in tests/test_translate_anysize.py).
 
 Pure functions of tensors; the network is the `translate` callable ([N,3,h,w] → same, in
 [-1, 1]), so any method (and a reference image bound in a closure, for MDUIT) works.

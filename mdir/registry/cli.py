@@ -107,7 +107,7 @@ def translate_cmd(
             assert reference_condition is not None and dataset is not None
             try:
                 ref, row = draw_reference(dataset, reference_condition, seed)
-            except (KeyError, ValueError, FileNotFoundError) as e:
+            except (KeyError, ValueError, OSError) as e:  # unknown condition, no such dataset
                 raise typer.BadParameter(f"--reference-condition: {e}") from None
             typer.echo(f"reference: row {row} of {dataset} ({reference_condition}, seed {seed})")
     out.mkdir(parents=True, exist_ok=True)
