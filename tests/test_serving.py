@@ -256,6 +256,13 @@ def test_mduit_reference_from_a_dataset_condition(mlflow_server, tmp_path, monke
     got = np.asarray(Image.open(out / "day_translated.png").convert("RGB"))
     want = to_uint8_hwc(load_translator(uri).translate_image(photo_tensor(src), ref))
     assert got.shape == (45, 70, 3) and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    # the pyfunc takes any size too: images [B,3,H,W] with a reference of another size
+    import mlflow
+
+    x = photo_tensor(src)[None].numpy()
+    y = mlflow.pyfunc.load_model(uri).predict({"images": x, "reference": ref[None].numpy()})
+    expect = load_translator(uri).translate_image(torch.from_numpy(x), ref).numpy()
+    assert y.shape == (1, 3, 45, 70) and np.abs(y - expect).max() <= 1e-5
     # clear errors: no reference, unknown condition, condition without dataset
     for extra, msg in (
         ([], "--reference"),
