@@ -145,12 +145,11 @@ def test_method_trains_registers_and_translates(
                 str(src),
                 "--out",
                 str(tmp_path / "out"),
-                "--size",
-                "32",
             ],
         )
         assert res.exit_code == 0, res.output
-        assert Image.open(tmp_path / "out" / "in_translated.png").size == (32, 32)
+        # any size: the 48×40 photo comes back 48×40 (no square resize)
+        assert Image.open(tmp_path / "out" / "in_translated.png").size == (48, 40)
         res = CliRunner().invoke(app, ["models", "list", "--json"])
         assert (
             res.exit_code == 0

@@ -92,18 +92,14 @@ def _to_rgb(img: Image.Image) -> tuple[Image.Image, str]:
     return img.convert("RGB"), "format"
 
 
-def prepare_image(
-    data: bytes, *, min_size: int = 16, max_pixels: int = 200_000_000
-) -> PreparedImage:
-    """Validate `data` (an encoded image file); convert to 8-bit RGB where lossless enough."""
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode `data` fully; every failure becomes `BadInput` with its skip reason."""
     if not data:
         raise BadInput("empty")
-    sha = hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            fmt = img.format
             w, h = img.size
             if w * h > max_pixels:
                 raise BadInput("too_large", f"{w}x{h}")
@@ -120,6 +116,17 @@ def prepare_image(
         raise BadInput(reason, msg) from None
     except Exception as e:  # decoder bugs on hostile input: never crash the ingest
         raise BadInput("corrupt", f"{type(e).__name__}: {e}") from None
+    return img
+
+
+def prepare_image(
+    data: bytes, *, min_size: int = 16, max_pixels: int = 200_000_000
+) -> PreparedImage:
+    """Validate `data` (an encoded image file); convert to 8-bit RGB where lossless enough."""
+    img = _open(data, max_pixels)
+    sha = hashlib.sha256(data).hexdigest()
+    fmt = img.format
+    w, h = img.size
     if min(w, h) < min_size:
         raise BadInput("too_small", f"{w}x{h} < {min_size}")
     if fmt == "JPEG" and img.mode == "RGB":
@@ -132,6 +139,25 @@ def prepare_image(
     buf = io.BytesIO()
     rgb.save(buf, format="PNG", compress_level=1)
     return PreparedImage(buf.getvalue(), w, h, sha, why)
+
+
+def decode_photo(data: bytes, *, max_pixels: int = 200_000_000) -> tuple[np.ndarray, str | None]:
+    """An image file as a user took it → (uint8 [H, W, 3] as displayed, conversion reason).
+
+    For translating photos at their own size (`mdir models translate`): the EXIF
+    orientation is applied (a phone's portrait shot stored landscape comes back portrait),
+    then the same conversions as ingest (16-bit scaled to 8, gray → RGB, alpha composited
+    on white, palette, CMYK). Raises `BadInput` (reason as for ingest) on a bad file."""
+    from PIL import ImageOps
+
+    img = _open(data, max_pixels)
+    try:
+        shown = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block: keep the stored orientation
+        shown = img
+    # PIL opens 48-bit PNGs as 8-bit "RGB" already (as ingest relies on)
+    rgb, why = (shown, None) if shown.mode == "RGB" else _to_rgb(shown)
+    return np.asarray(rgb, dtype=np.uint8), why
 
 
 def decode_rgb(data: bytes) -> np.ndarray:

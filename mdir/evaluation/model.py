@@ -111,9 +111,14 @@ def _model_images(
     def translate(x, reference=None):
         import torch
 
+        from mdir.methods.anysize import translate_any_size
+
         dev = next(translator.generator.parameters()).device
         r = reference.to(dev) if isinstance(reference, torch.Tensor) else None
-        return translator.translate(x.to(dev), r).cpu()
+        # full images at their size: padded to the generator's stride multiple, cropped back
+        return translate_any_size(
+            lambda t: translator.translate(t, r), x.to(dev), multiple=translator.size_multiple
+        ).cpu()
 
     info = {
         "model_uri": model_uri,

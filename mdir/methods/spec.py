@@ -10,6 +10,8 @@ and answers every question the rest of mdir used to answer with ``name == "mduit
 * ``check_size(cfg, size)`` — an error message when the image size does not fit the nets;
 * ``inference_train_mode(cfg)`` — translate with the generator in train mode (dropout on,
   BatchNorm batch statistics), as pix2pix's reference does at test time; default False;
+* ``size_multiple(cfg)`` — the generator's stride multiple: H and W of an inference input
+  must be divisible by it (`mdir.methods.anysize` pads any image up to it);
 * ``needs_vgg`` / ``needs_poses`` — preflight checks of pretrained VGG weights and poses;
 * ``summary(size)`` — its default networks with example inputs (`mdir models summary`);
 * bench defaults: ``bench_lite`` (narrow widths), ``bench_config`` (always applied),
@@ -35,6 +37,10 @@ def _eval_mode(cfg: Any) -> bool:
     return False
 
 
+def _any_size(cfg: Any) -> int:
+    return 1
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """The facts of one method (see the module docstring)."""
@@ -53,6 +59,8 @@ class MethodSpec:
     check_size: Callable[[Any, int], str | None] = _no_size_limit
     #: cfg -> True: inference runs the generator in train mode (see `translate_with`)
     inference_train_mode: Callable[[Any], bool] = _eval_mode
+    #: cfg -> H and W of the generator's input must be multiples of this
+    size_multiple: Callable[[Any], int] = _any_size
     batch_keys: tuple[str, ...] = ("A", "B")
     bench_config: dict[str, Any] = field(default_factory=dict)
     bench_lite: dict[str, Any] = field(default_factory=dict)

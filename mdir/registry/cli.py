@@ -9,6 +9,9 @@ from typing import Annotated
 
 import typer
 
+#: = mdir.methods.anysize.DEFAULT_MAX_PIXELS, spelled here so `mdir --help` imports no torch
+DEFAULT_MAX_PIXELS = 1024 * 1024
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -31,67 +34,100 @@ def summary(
     typer.echo(json.dumps(result) if as_json else format_summary(result))
 
 
-def _load_image(path: Path, size: int):
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB").resize((size, size), Image.BICUBIC)
-        arr = np.asarray(im, dtype=np.uint8)
-    return torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1.0
-
-
 @app.command("translate")
 def translate_cmd(
     model_uri: Annotated[
         str, typer.Argument(help="Registered model, e.g. models:/mdir-mduit-synth@candidate.")
     ],
-    images: Annotated[list[Path], typer.Argument(help="Source images (JPEG/PNG).")],
+    images: Annotated[
+        list[Path],
+        typer.Argument(help="Source images (JPEG/PNG/…; any size, 8/16-bit, gray, RGBA)."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created).")],
     reference: Annotated[
         Path | None,
         typer.Option("--reference", "-r", help="Target-appearance image (MDUIT needs one)."),
     ] = None,
-    size: Annotated[
-        int, typer.Option("--size", help="Images are resized to size × size (the training size).")
-    ] = 256,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
+    reference_condition: Annotated[
+        str | None,
+        typer.Option(
+            "--reference-condition",
+            help="MDUIT: draw the reference from this condition of --dataset (seeded by --seed).",
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="mdir dataset URI that --reference-condition draws from."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the reference draw.")] = 0,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-pixels",
+            min=1,
+            help="Images above this many pixels are translated in overlapping, blended tiles.",
+        ),
+    ] = DEFAULT_MAX_PIXELS,
+    tile: Annotated[int, typer.Option("--tile", min=1, help="Tile side in pixels.")] = 512,
+    overlap: Annotated[
+        int, typer.Option("--overlap", min=0, help="Pixels shared by neighbouring tiles.")
+    ] = 64,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, …")] = "cpu",
 ) -> None:
-    """Translate images with a registered generator and write `<name>_translated.png` files."""
-    import torch
+    """Translate images at their own size and aspect ratio (EXIF orientation applied) with a
+    registered generator; writes `<name>_translated.png` files. Inputs are reflection-padded
+    to the network's stride multiple and cropped back; large ones are tiled."""
     from PIL import Image
 
+    from mdir.data.images import BadInput
     from mdir.registry.generators import load_translator
+    from mdir.registry.inputs import draw_reference, photo_tensor, to_uint8_hwc
 
-    tr = load_translator(model_uri)
-    if tr.needs_reference and reference is None:
+    if tile <= overlap:
+        raise typer.BadParameter(f"--overlap ({overlap}) must be smaller than --tile ({tile})")
+    if reference is not None and reference_condition is not None:
+        raise typer.BadParameter("give --reference or --reference-condition, not both")
+    if reference_condition is not None and dataset is None:
+        raise typer.BadParameter("--reference-condition needs --dataset URI (an mdir dataset)")
+    tr = load_translator(model_uri, device=device)
+    if tr.needs_reference and reference is None and reference_condition is None:
         raise typer.BadParameter(
-            f"{tr.method} translates towards a reference appearance: give --reference IMAGE"
+            f"{tr.method} translates towards a reference appearance: give --reference IMAGE "
+            "or --reference-condition NAME --dataset URI"
         )
-    ref = _load_image(reference, size).unsqueeze(0) if reference is not None else None
-    out.mkdir(parents=True, exist_ok=True)
-    written = 0
-    bad = 0
-    for i in range(0, len(images), batch_size):
-        chunk, names = [], []
-        for p in images[i : i + batch_size]:
+    ref = None
+    if tr.needs_reference:
+        if reference is not None:
             try:
-                chunk.append(_load_image(p, size))
-                names.append(p)
-            except Exception as e:  # unreadable input: skip and count, never crash the batch
-                typer.echo(f"skipped {p}: {e}", err=True)
-                bad += 1
-        if not chunk:
+                ref = photo_tensor(reference)
+            except (OSError, BadInput) as e:
+                raise typer.BadParameter(f"--reference {reference}: {e}") from None
+            typer.echo(f"reference: {reference}")
+        else:
+            assert reference_condition is not None and dataset is not None
+            try:
+                ref, row = draw_reference(dataset, reference_condition, seed)
+            except (KeyError, ValueError, OSError) as e:  # unknown condition, no such dataset
+                raise typer.BadParameter(f"--reference-condition: {e}") from None
+            typer.echo(f"reference: row {row} of {dataset} ({reference_condition}, seed {seed})")
+    out.mkdir(parents=True, exist_ok=True)
+    written = bad = 0
+    for k, p in enumerate(images, 1):
+        try:
+            x = photo_tensor(p)
+        except (OSError, BadInput) as e:  # unreadable input: skip and count, never crash
+            typer.echo(f"skipped {p}: {e}", err=True)
+            bad += 1
             continue
-        x = torch.stack(chunk)
-        y = tr.translate(x, None if ref is None else ref.expand(len(x), -1, -1, -1))
-        arr = (
-            ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        )
-        for p, a in zip(names, arr, strict=True):
-            Image.fromarray(a).save(out / f"{p.stem}_translated.png")
-            written += 1
+        y = tr.translate_image(x, ref, max_pixels=max_pixels, tile=tile, overlap=overlap)
+        dest = out / f"{p.stem}_translated.png"
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        Image.fromarray(to_uint8_hwc(y)).save(tmp, format="PNG")
+        tmp.replace(dest)  # atomic: a reader never sees half a file
+        written += 1
+        h, w = x.shape[-2:]
+        how = f"tiled {tile} px" if h * w > max_pixels else "whole"
+        typer.echo(f"[{k}/{len(images)}] {p} ({w}×{h}, {how}) → {dest}")
     typer.echo(
         f"{written} translated images in {out} ({tr.method}, {tr.model_uri}, version {tr.version}); {bad} skipped"
     )

@@ -1,8 +1,10 @@
 """Register trained generators in MLflow and load them back, without pickle.
 
 `register_generator` logs a models-from-code pyfunc (`mdir/registry/pyfunc_model.py`)
-with the generator weights (safetensors) and the method config (JSON) as artifacts, an
-explicit `TensorSpec` signature (-1 for batch, H and W), explicit pip requirements, and
+with the generator weights (safetensors) and the method config (JSON) as artifacts, mdir's
+own code (``code_paths``: the package's ``.py`` files, so `mlflow models serve` runs this
+mdir, not the unrelated PyPI ``mdir``), an explicit `TensorSpec` signature (-1 for batch,
+H and W; param ``max_pixels``), pip requirements pinned to the installed runtime deps, and
 registers it as ``mdir-<method>-<dataset>`` with an alias (``candidate`` after training;
 Tune moves ``champion``). `load_translator` gives other code (``mdir eval gan --model``,
 retrieval augmentation, Tune) a `Translator` built from the same two artifacts, loaded
@@ -23,36 +25,61 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mdir.methods.anysize import DEFAULT_MAX_PIXELS, translate_any_size
 from mdir.methods.specs import get_spec, parse_method_config
+from mdir.methods.tile_norm import translate_shared_norms
 from mdir.registry.aliases import resolve_model, set_version_tag
 from mdir.registry.uri import alias_uri, is_model_uri
 
 PYFUNC_FILE = str(Path(__file__).with_name("pyfunc_model.py"))
 MODEL_NAME_IN_RUN = "generator"
-PIP_REQUIREMENTS = [
-    "mdir",
-    "torch==2.14.1",
-    "torchvision==0.29.1",
-    "safetensors",
-    "numpy",
-    "pydantic>=2.9",
-    "mlflow>=3.17,<4",
-]
+MDIR_PACKAGE = Path(__file__).resolve().parents[1]
+#: distributions the logged model's code imports at serving time (mdir.methods + registry):
+#: pinned to the versions installed where the model is logged. Never "mdir": the PyPI
+#: package of that name is an unrelated project; mdir itself travels as the model's code.
+RUNTIME_DISTRIBUTIONS = (
+    "torch", "torchvision", "safetensors", "numpy", "pydantic", "pyyaml", "pillow", "mlflow",
+)  # fmt: skip
+
+
+def pip_requirements() -> list[str]:
+    """``name==version`` of each `RUNTIME_DISTRIBUTIONS` as installed here (a local version
+    label such as ``+cpu`` is dropped: it names a wheel index, not a release)."""
+    from importlib.metadata import version
+
+    return [f"{d}=={version(d).split('+')[0]}" for d in RUNTIME_DISTRIBUTIONS]
+
+
+def copy_package_code(dest: Path) -> Path:
+    """A clean copy of the mdir package's ``.py`` files under ``dest/mdir`` (no caches, no
+    stray files) for ``code_paths``; returns the copied package directory."""
+    import shutil
+
+    out = dest / "mdir"
+    for src in MDIR_PACKAGE.rglob("*.py"):
+        if "__pycache__" in src.parts:
+            continue
+        target = out / src.relative_to(MDIR_PACKAGE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+    return out
+
 
 os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
 
 def signature_for(method: str):
     """TensorSpec signature with -1 for batch / H / W (a method whose spec needs a reference,
-    like MDUIT: named images + reference)."""
+    like MDUIT: named images + reference) and the param ``max_pixels`` (tiling threshold)."""
     import numpy as np
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
     spec = lambda name=None: TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), name)  # noqa: E731
     needs_ref = get_spec(method).needs_reference
     inputs = Schema([spec("images"), spec("reference")]) if needs_ref else Schema([spec()])
-    return ModelSignature(inputs=inputs, outputs=Schema([spec()]))
+    params = ParamSchema([ParamSpec("max_pixels", "long", DEFAULT_MAX_PIXELS)])
+    return ModelSignature(inputs=inputs, outputs=Schema([spec()]), params=params)
 
 
 def model_card(cfg: Any, metrics: dict[str, float], step: int) -> str:
@@ -88,6 +115,26 @@ def model_card(cfg: Any, metrics: dict[str, float], step: int) -> str:
     lines += [f"- {k}: {v:.4f}" for k, v in sorted(metrics.items())] or ["- (none computed)"]
     lines += ["", "## Resolved config", "", "```yaml", dump_config(cfg).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+@contextmanager
+def _no_uv_project_files() -> Iterator[None]:
+    """MLflow ≥ 3.17 copies ``uv.lock`` / ``pyproject.toml`` from the current directory into
+    a logged model when it finds them (``MLFLOW_UV_AUTO_DETECT``), and ``--env-manager uv``
+    then restores *that* project — mdir's own lock, whose root is an editable ``mdir`` that
+    is not there. What the model needs is `pip_requirements()`, whatever the cwd of the
+    logging process, so the detection is off while logging."""
+    keys = ("MLFLOW_UV_AUTO_DETECT", "MLFLOW_LOG_UV_FILES")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(dict.fromkeys(keys, "false"))
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextmanager
@@ -134,13 +181,14 @@ def register_generator(
         Path(cfg_path).write_text(json.dumps(cfg.method.model_dump(mode="json"), indent=2))
         w_path = os.path.join(d, "generator.safetensors")
         Path(w_path).write_bytes(Path(weights_path).read_bytes())
-        with _resumed_run(client, run_id):
+        with _resumed_run(client, run_id), _no_uv_project_files():
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN,
                 python_model=PYFUNC_FILE,
                 artifacts={"weights": w_path, "config": cfg_path},
                 signature=signature_for(cfg.method.name),
-                pip_requirements=PIP_REQUIREMENTS,
+                pip_requirements=pip_requirements(),
+                code_paths=[str(copy_package_code(Path(d) / "code"))],
                 registered_model_name=name,
                 metadata={"mdir_method": cfg.method.name, "mdir_dataset": cfg.dataset_name()},
             )
@@ -178,13 +226,48 @@ class Translator:
         self.generator.to(device)
         return self
 
+    @property
+    def size_multiple(self) -> int:
+        """H and W of a `translate` input must be multiples of this (the method's spec)."""
+        return get_spec(self.method).size_multiple(self.method_config)
+
     @torch.no_grad()
     def translate(self, images: Tensor, reference: Tensor | None = None) -> Tensor:
+        """Batch [B,3,H,W] → [B,3,H,W], H and W multiples of `size_multiple`."""
         from mdir.methods import translate_with
 
         return translate_with(self.generator, self.method_config, images, reference)
 
     __call__ = translate
+
+    @torch.no_grad()
+    def translate_image(
+        self,
+        image: Tensor,
+        reference: Tensor | None = None,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        tile: int = 512,
+        overlap: int = 64,
+        shared_norms: bool = True,
+    ) -> Tensor:
+        """One image [3,H,W] or [1,3,H,W] in [-1, 1] of any size → its translation, same
+        shape (`mdir.methods.anysize.translate_any_size`: reflection-padded to the stride
+        multiple, tiled above `max_pixels`). `reference` (MDUIT: the target appearance,
+        [3,h,w] or [1,3,h,w], any size) is used for every tile. `shared_norms`: tiles are
+        normalised with statistics pooled over all tiles (`mdir.methods.tile_norm`; one more
+        pass, only when tiling). Output on the input's device."""
+        if self.needs_reference and reference is None:
+            raise ValueError(f"{self.method} needs a `reference` image (the target appearance)")
+        ref = None
+        if reference is not None:
+            ref = reference if reference.dim() == 4 else reference.unsqueeze(0)
+        kw = {"multiple": self.size_multiple, "max_pixels": max_pixels, "tile": tile}
+        if shared_norms:
+            return translate_shared_norms(
+                self.generator, lambda x: self.translate(x, ref), image, overlap=overlap, **kw
+            )
+        return translate_any_size(lambda x: self.translate(x, ref), image, overlap=overlap, **kw)
 
 
 def resolve_version(model_uri: str, client: Any = None) -> tuple[str | None, str | None]:

@@ -4,11 +4,12 @@ Every training image of a tuple is, independently with probability p (0.15 ≈ 1
 7-image tuple), replaced by its translation through a frozen registered generator; the
 others pass through unchanged. The generator runs batched on the worker's device on just
 the selected images. U-Net generators need sides divisible by 256, so the selected images
-are reflection-padded up to the next multiple of `pad_multiple` (keeping context at the
-border, as Jenicek & Chum) and cropped back after translation. MDUIT is exemplar-guided:
-for each translated image a reference image of the target condition is drawn. Aspect-kept
-training images of different shapes (a list) are translated one image at a time, as the
-thesis's per-image augmentation does.
+are reflection-padded up to the next multiple of `pad_multiple` (and of the translator's
+``size_multiple``; keeping context at the border, as Jenicek & Chum) and cropped back after
+translation — `mdir.methods.anysize.translate_any_size`, the one any-size path. MDUIT is exemplar-guided:
+for each translated image a reference image of the target condition is drawn.
+Aspect-kept training images of different shapes (a list) are translated one image at a
+time, as the thesis's per-image augmentation does.
 
 `Translator` is the contract of ``mdir.registry.generators.load_translator``; anything with a
 ``translate(images, reference=None)`` method works (tests use a tiny stand-in).
@@ -16,6 +17,7 @@ thesis's per-image augmentation does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,45 +27,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mdir.methods.anysize import reflect_pad_to_multiple, translate_any_size
+
 
 class Translator(Protocol):
     def translate(self, images: Tensor, reference: Tensor | None = None) -> Tensor: ...
 
 
-def reflect_pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
-    """Pad [B,C,H,W] with reflection so that H and W become multiples of `multiple`.
-
-    The padding is split top/bottom and left/right (context on every side). Reflection
-    padding requires pad < side, so large pads (a 64 px image to 256) are done in rounds,
-    each reflecting the already padded image. Returns the padded tensor and the (top, left)
-    offsets of the original image inside it.
-    """
-    h, w = x.shape[-2:]
-    th, tw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
-    top, left = (th - h) // 2, (tw - w) // 2
-    bottom, right = th - h - top, tw - w - left
-    while top or bottom or left or right:
-        ch, cw = x.shape[-2:]
-        t, b = min(top, ch - 1), min(bottom, ch - 1)
-        lft, r = min(left, cw - 1), min(right, cw - 1)
-        x = F.pad(x, (lft, r, t, b), mode="reflect")
-        top, bottom, left, right = top - t, bottom - b, left - lft, right - r
-    return x, ((th - h) // 2, (tw - w) // 2)
-
-
 def translate_padded(
     translator: Translator, x: Tensor, multiple: int, reference: Tensor | None = None
 ) -> Tensor:
-    """Reflection-pad → translate → crop back to the input size."""
-    h, w = x.shape[-2:]
-    padded, (top, left) = reflect_pad_to_multiple(x, multiple)
-    ref = None
-    if reference is not None:
-        ref = reference
-        if ref.shape[-2:] != padded.shape[-2:]:
-            ref = F.interpolate(ref, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-    y = translator.translate(padded, reference=ref)
-    return y[..., top : top + h, left : left + w].clamp(-1, 1)
+    """Translate full images [B,3,H,W] at their size (`mdir.methods.anysize`): reflection-
+    padded to the least common multiple of `multiple` (the thesis' 256) and the translator's
+    own stride multiple, translated, cropped back. MDUIT references are resized to the
+    padded size (E_a then sees the reference at the scale of the padded source)."""
+    m = math.lcm(multiple, int(getattr(translator, "size_multiple", 1)))
+    ref = reference
+    if ref is not None:
+        padded_hw = tuple(-(-s // m) * m for s in x.shape[-2:])
+        if tuple(ref.shape[-2:]) != padded_hw:
+            ref = F.interpolate(ref, size=padded_hw, mode="bilinear", align_corners=False)
+    return translate_any_size(lambda t: translator.translate(t, reference=ref), x, multiple=m)
 
 
 @dataclass
@@ -185,3 +169,8 @@ class GanAugmenter:
             return images, np.zeros(len(images), dtype=bool)
         self.counter.applied += int(mask.sum())
         return out, mask
+
+
+__all__ = [
+    "AugmentCounter", "GanAugmenter", "Translator", "reflect_pad_to_multiple", "translate_padded",
+]  # fmt: skip

@@ -60,6 +60,11 @@ def _check_size(m: CUTConfig, size: int) -> str | None:
     return f"data.image_size: {size} px is not divisible by 4 (CUT's ResNet generator down-samples twice)"
 
 
+def _size_multiple(m: CUTConfig) -> int:
+    """The same ResNet generator as CycleGAN: two stride-2 down-samplings."""
+    return 4
+
+
 SPEC = MethodSpec(
     name="cut",
     config=CUTConfig,
@@ -67,6 +72,7 @@ SPEC = MethodSpec(
     build_generator=_generator,
     summary=_summary,
     check_size=_check_size,
+    size_multiple=_size_multiple,
     bench_lite={"ngf": 8, "ndf": 8, "n_blocks": 2, "nce_layers": (0, 4, 8, 12), "netf_nc": 32},
     bench_tiny=(
         "method.ngf=16",

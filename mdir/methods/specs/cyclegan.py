@@ -44,6 +44,11 @@ def _check_size(m: CycleGANConfig, size: int) -> str | None:
     )
 
 
+def _size_multiple(m: CycleGANConfig) -> int:
+    """Two stride-2 convolutions, undone by two transposed ones (output_padding=1)."""
+    return 4
+
+
 SPEC = MethodSpec(
     name="cyclegan",
     config=CycleGANConfig,
@@ -51,6 +56,7 @@ SPEC = MethodSpec(
     build_generator=_generator,
     summary=_summary,
     check_size=_check_size,
+    size_multiple=_size_multiple,
     bench_lite={"ngf": 8, "ndf": 8, "n_blocks": 2},
     bench_tiny=("method.ngf=16", "method.ndf=16", "method.n_blocks=2"),
 )

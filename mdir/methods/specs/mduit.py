@@ -53,6 +53,11 @@ def _check_size(m: MDUITConfig, size: int) -> str | None:
     )
 
 
+def _size_multiple(m: MDUITConfig) -> int:
+    """E_c down-samples n_downsample times, G up-samples as often (E_a pools any size)."""
+    return 2**m.n_downsample
+
+
 SPEC = MethodSpec(
     name="mduit",
     config=MDUITConfig,
@@ -63,6 +68,7 @@ SPEC = MethodSpec(
     needs_vgg=True,
     needs_poses=True,
     check_size=_check_size,
+    size_multiple=_size_multiple,
     batch_keys=("A", "T", "T_pos", "S_neg", "T_neg"),
     bench_config={"allow_random_vgg": True},
     bench_lite={

@@ -53,6 +53,11 @@ def _inference_train_mode(m: Pix2PixConfig) -> bool:
     return m.test_mode == "train"
 
 
+def _size_multiple(m: Pix2PixConfig) -> int:
+    """The U-Net halves the size num_downs times and concatenates equal-size skips."""
+    return 2**m.num_downs
+
+
 SPEC = MethodSpec(
     name="pix2pix",
     config=Pix2PixConfig,
@@ -61,6 +66,7 @@ SPEC = MethodSpec(
     summary=_summary,
     check_size=_check_size,
     inference_train_mode=_inference_train_mode,
+    size_multiple=_size_multiple,
     bench_lite={"ngf": 8, "ndf": 8},
     bench_tiny=("method.ngf=16", "method.ndf=16", "method.num_downs=5"),
 )
