@@ -98,9 +98,10 @@ def _random_vgg() -> nn.Module:
 
 
 def build_mduit_translator(cfg: MDUITConfig) -> MDUITTranslator:
-    """E_c + E_a + G as one module, structure only (load a state dict into it)."""
+    """E_c + E_a + G (+ H for the embedding z_s) as one module, structure only (load a
+    state dict into it)."""
     nets, _ = build_mduit_networks(cfg, load_pretrained=False)
-    return MDUITTranslator(nets["E_c"], nets["E_a"], nets["G"])
+    return MDUITTranslator(nets["E_c"], nets["E_a"], nets["G"], nets["H"])
 
 
 class MDUIT(GANMethod):
@@ -287,7 +288,10 @@ class MDUIT(GANMethod):
 
     def generator(self) -> nn.Module:
         return MDUITTranslator(
-            raw(self.networks["E_c"]), raw(self.networks["E_a"]), raw(self.networks["G"])
+            raw(self.networks["E_c"]),
+            raw(self.networks["E_a"]),
+            raw(self.networks["G"]),
+            raw(self.networks["H"]),
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -235,11 +235,34 @@ class ProjectionHead(nn.Module):
 
 class MDUITTranslator(nn.Module):
     """The inference path I_s→t = G(E_c(I_s) ⊗ E_a(I_t)) as one module (what gets
-    registered). A reference batch of size 1 is broadcast over the sources."""
+    registered). A reference batch of size 1 is broadcast over the sources.
 
-    def __init__(self, E_c: nn.Module, E_a: nn.Module, G: nn.Module):  # noqa: N803
+    With the projection head H it also exports the retrieval embedding z_s = H(E_c(I_s))
+    (`embed`), which the paper's localization experiment (its Table 1) retrieves with.
+    Generators registered before H was part of the module load without it."""
+
+    def __init__(
+        self,
+        E_c: nn.Module,  # noqa: N803
+        E_a: nn.Module,  # noqa: N803
+        G: nn.Module,  # noqa: N803
+        H: nn.Module | None = None,  # noqa: N803
+    ):
         super().__init__()
         self.E_c, self.E_a, self.G = E_c, E_a, G
+        self.H = H
+
+    def embed(self, images: Tensor) -> Tensor:
+        """z_s = H(E_c(I_s)), L2-normalised [B, K] (call in eval mode, as training's
+        pairing does, so H's BatchNorm uses its running statistics)."""
+        if self.H is None:
+            raise ValueError("this MDUIT generator was registered without its projection head H")
+        return self.H(self.E_c(images))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001
+        if self.H is not None and not any(k.startswith("H.") for k in state_dict):
+            self.H = None  # registered before the head was exported: translation only
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, images: Tensor, reference: Tensor) -> Tensor:
         w = self.E_a(reference)

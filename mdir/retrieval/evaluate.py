@@ -271,10 +271,11 @@ def evaluate_registered(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """`mdir retrieval eval`: load ``models:/NAME@ALIAS`` and evaluate it on `data_uri`."""
-    from mdir.retrieval.registry import load_registered_model
+    """`mdir retrieval eval`: load ``models:/NAME@ALIAS`` (a retrieval model, or a generator
+    with an embedding such as MDUIT's z_s) and evaluate it on `data_uri`."""
+    from mdir.retrieval.registry import load_descriptor_model
 
-    model, info = load_registered_model(model_uri, device)
+    model, info = load_descriptor_model(model_uri, device)
     es = EvalSet.open(cfg, uri=data_uri)
     metrics = evaluate_model(model, es, cfg.eval, device, cfg.mining.batch_size, progress)
     return {

@@ -105,3 +105,46 @@ def load_registered_model(
     )
     model, doc = load_model_files(Path(local), device)
     return model, {**doc, "model_uri": uri, "version": resolved.version, "run_id": resolved.run_id}
+
+
+class GeneratorEmbedding(torch.nn.Module):
+    """A registered generator's retrieval embedding (``generator.embed``: MDUIT's
+    z_s = H(E_c(I))) as a descriptor network, so `mdir retrieval eval` evaluates it like a
+    retrieval model: MDUIT's localization by retrieval of the nearest database image."""
+
+    def __init__(self, generator: torch.nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.generator.embed(images)
+
+
+def load_descriptor_model(
+    uri: str, device: str | torch.device = "cpu"
+) -> tuple[Any, dict[str, Any]]:
+    """A retrieval model (`load_registered_model`), or else a registered generator that
+    exports an embedding (MDUIT), wrapped in `GeneratorEmbedding`."""
+    try:
+        return load_registered_model(uri, device)
+    except Exception as first:  # noqa: BLE001 - then it may be a generator
+        if Path(uri).is_dir():
+            raise
+        from mdir.registry.generators import load_translator
+
+        try:
+            tr = load_translator(uri, device)
+        except Exception:  # noqa: BLE001 - neither: the retrieval error says most
+            raise first from None
+        if not hasattr(tr.generator, "embed"):
+            raise ValueError(
+                f"--model: {uri} is a {tr.method} generator without a retrieval embedding; "
+                "give a retrieval model or an MDUIT generator"
+            ) from first
+        net = GeneratorEmbedding(tr.generator).to(device).eval()
+        return net, {
+            "model_uri": uri,
+            "version": tr.version,
+            "run_id": tr.run_id,
+            "kind": f"{tr.method} embedding z_s = H(E_c(I))",
+        }
