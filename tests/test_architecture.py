@@ -190,10 +190,10 @@ def test_product_code_does_not_import_the_dev_harness():
 
 
 def test_ray_private_modules_are_used_in_raypatch_only():
-    """Every `ray._private` / `ray._raylet` import in `mdir/` is in `mdir/raypatch.py`
-    (whose canary is tests/test_raypatch.py)."""
+    """Every `ray._private` / `ray._raylet` import in `mdir/` and the cluster scripts is in
+    `mdir/raypatch.py` (whose canary is tests/test_raypatch.py)."""
     bad = []
-    for path in ROOT.rglob("*.py"):
+    for path in [*ROOT.rglob("*.py"), *(ROOT.parent / "cluster").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = []
             if isinstance(node, ast.Import):
