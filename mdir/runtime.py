@@ -124,6 +124,21 @@ def mlflow_client_env(timeout_s: float = 10.0, max_retries: int = 2) -> dict[str
     }
 
 
+#: Client defaults that hold unless the process set them: never unpickle, and no artifact
+#: progress bars (they interleave with job logs and ``--json`` output).
+MLFLOW_CLIENT_DEFAULTS = {
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def mlflow_client_defaults() -> None:
+    """Apply :data:`MLFLOW_CLIENT_DEFAULTS` where unset: called where mdir loads or logs
+    models, never at import."""
+    for k, v in MLFLOW_CLIENT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
 def configure_mlflow_client(timeout_s: float = 10.0, max_retries: int = 2) -> None:
     """Apply :func:`mlflow_client_env` to this process (MLflow reads them at call time)."""
     os.environ.update(mlflow_client_env(timeout_s, max_retries))

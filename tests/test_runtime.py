@@ -80,6 +80,39 @@ def test_pin_interpreter_switches_rays_uv_hook_off(monkeypatch):
     assert os.environ[runtime.UV_HOOK_ENV] == "1" and rc.RAY_ENABLE_UV_RUN_RUNTIME_ENV is True
 
 
+def test_mlflow_client_env_is_bounded_and_never_unpickles(monkeypatch):
+    env = runtime.mlflow_client_env(timeout_s=7.4, max_retries=3)
+    assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+    assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
+    assert env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    assert runtime.mlflow_client_env(timeout_s=0.2)["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "1"
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    runtime.configure_mlflow_client(timeout_s=4, max_retries=1)
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "4"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    runtime.mlflow_client_defaults()
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # an explicit choice
+    runtime.mlflow_client_defaults()
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "true"
+
+
+def test_importing_mdir_sets_no_mlflow_variables():
+    """No module sets the MLflow client environment at import time (only when used)."""
+    code = (
+        "import os, mdir.registry.generators, mdir.training.tracking, mdir.retrieval.train\nimport mdir.retrieval.registry, mdir.registry.cli, mdir.cli, mdir.demo\n"
+        "print(sorted(k for k in os.environ if k.startswith('MLFLOW_')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 # ------------------------------------------------------------------ launch styles (real Ray)
 
 

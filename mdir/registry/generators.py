@@ -6,7 +6,8 @@ explicit `TensorSpec` signature (-1 for batch, H and W), explicit pip requiremen
 registers it as ``mdir-<method>-<dataset>`` with an alias (``candidate`` after training;
 Tune moves ``champion``). `load_translator` gives other code (``mdir eval gan --model``,
 retrieval augmentation, Tune) a `Translator` built from the same two artifacts, loaded
-with safetensors and pydantic only — ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` is set.
+with safetensors and pydantic only; both set ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``
+when unset (`mdir.runtime.mlflow_client_defaults`) before talking to MLflow.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from mdir.methods.specs import get_spec, parse_method_config
 from mdir.registry.aliases import resolve_model, set_version_tag
 from mdir.registry.uri import alias_uri, is_model_uri
+from mdir.runtime import mlflow_client_defaults
 
 PYFUNC_FILE = str(Path(__file__).with_name("pyfunc_model.py"))
 MODEL_NAME_IN_RUN = "generator"
@@ -38,8 +40,6 @@ PIP_REQUIREMENTS = [
     "pydantic>=2.9",
     "mlflow>=3.17,<4",
 ]
-
-os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
 
 def signature_for(method: str):
@@ -125,6 +125,7 @@ def register_generator(
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    mlflow_client_defaults()
     client = client or MlflowClient()
     mlflow.set_tracking_uri(client.tracking_uri)
     name = model_name or cfg.model_name()
@@ -203,6 +204,7 @@ def load_translator(model_uri: str, device: torch.device | str = "cpu") -> Trans
 
     from mdir.methods import build_generator
 
+    mlflow_client_defaults()
     version, run_id = resolve_version(model_uri)
     with tempfile.TemporaryDirectory(prefix="mdir-load-") as d:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=d)
