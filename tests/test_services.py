@@ -118,6 +118,16 @@ def test_job_submitted_through_the_jobs_sdk_streams_its_output(ray_cluster, tmp_
     assert "authentication" in (out.stdout + out.stderr).lower()
 
 
+def test_job_client_talks_to_its_head_whatever_the_environment_says(ray_cluster, monkeypatch):
+    """Ray lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override a client's address: the head's
+    own client must still reach the head (and leave the environment as it was)."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:9")
+    client = ray_cluster.job_client()
+    assert isinstance(client.list_jobs(), list)  # answered by the head, with the token
+    assert os.environ["RAY_API_SERVER_ADDRESS"] == "http://127.0.0.1:9"
+
+
 def test_streamed_chunks_are_split_into_whole_lines():
     assert _lines(["a\nb", "c\n", "d"], "") == (["a\n", "bc\n"], "d")
     assert _lines(["\n"], "tail") == (["tail\n"], "")

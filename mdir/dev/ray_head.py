@@ -106,10 +106,25 @@ class RayHead(Service):
 
     def job_client(self):
         """A ``ray.job_submission.JobSubmissionClient`` for this head, token header set
-        explicitly (not taken from this process's environment or Ray's cached config)."""
+        explicitly (an explicit Authorization header wins over Ray's cached auth config).
+
+        Ray lets ``RAY_API_SERVER_ADDRESS``, then ``RAY_ADDRESS``, override the address given
+        to the client (``ray.dashboard.utils.get_address_for_submission_client``): a process
+        connected to another cluster, or holding a GCS address, would be sent elsewhere or
+        through an unauthenticated GCS lookup. The first is pinned to this head while the
+        client resolves its address (once, in its constructor)."""
         from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.dashboard_url, headers=self.auth_headers())
+        key = "RAY_API_SERVER_ADDRESS"
+        old = os.environ.get(key)
+        os.environ[key] = self.dashboard_url
+        try:
+            return JobSubmissionClient(self.dashboard_url, headers=self.auth_headers())
+        finally:
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
 
     def client_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """``base`` (default os.environ) with this cluster's client variables applied."""
