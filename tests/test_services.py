@@ -106,7 +106,7 @@ def test_job_submitted_through_the_jobs_sdk_streams_its_output(ray_cluster, tmp_
 
     failed: list[str] = []
     rc, job_id = submit_and_follow(ray_cluster, tmp_path, ["python", "fail.py"], {}, failed.append)
-    assert rc == 1 and failed[-1] == f"Job '{job_id}' failed\n"
+    assert rc == 3 and failed[-1] == f"Job '{job_id}' failed\n"  # the driver's exit code
 
     env = ray_cluster.client_env()
     bad_env = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}

@@ -48,8 +48,8 @@ def submit_and_follow(
     final_timeout_s: float = 60.0,
 ) -> tuple[int, str]:
     """Submit ``entrypoint`` with ``working_dir`` uploaded and ``env_vars`` in its
-    runtime_env; stream every output line to ``on_line`` until the job ends. Returns
-    (0 when it succeeded else 1, the job id)."""
+    runtime_env; stream every output line to ``on_line`` until the job ends. Returns (0
+    when it succeeded, else the driver's exit code or 1 when Ray has none; the job id)."""
     import shlex
 
     from ray.job_submission import JobStatus
@@ -69,4 +69,8 @@ def submit_and_follow(
         status = client.get_job_status(job_id)
     word = _FINAL.get(str(status.value), str(status.value).lower())
     on_line(f"Job '{job_id}' {word}\n")
-    return (0 if status == JobStatus.SUCCEEDED else 1), job_id
+    if status == JobStatus.SUCCEEDED:
+        return 0, job_id
+    # the driver's own exit code where Ray knows it (e.g. 2: a config refused), else 1
+    code = client.get_job_info(job_id).driver_exit_code
+    return (code if code else 1), job_id
