@@ -7,7 +7,8 @@ Ray 2.60's raylet waits a hard-coded ~15 s for its dashboard agent to write port
 take longer than that. local.sh chooses every agent port itself, so the values are known before
 the agent exists: this helper waits for the node's raylet to appear (matched by its --temp_dir),
 reads its node id and session dir from the command line and writes those files with the chosen
-ports, exactly as the agent will when it comes up (same values, same Ray function). The raylet
+ports, exactly as the agent will when it comes up (same values, same Ray function, through
+`mdir.raypatch`, ray-project/ray#65983). The raylet
 then connects to the agent with its normal retries (RAY_agent_register_timeout_ms).
 
 Usage: prewrite_ports.py TEMP_DIR TIMEOUT_S listen=P grpc=P export=P runtime_env=P
@@ -19,19 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-from ray._raylet import (  # the Cython helpers the agents themselves use
-    DASHBOARD_AGENT_LISTEN_PORT_NAME,
-    METRICS_AGENT_PORT_NAME,
-    METRICS_EXPORT_PORT_NAME,
-    RUNTIME_ENV_AGENT_PORT_NAME,
-    persist_port,
-)
+# the project's own package, whichever Python $MDIR_RAY names
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mdir.raypatch import persist_agent_ports  # noqa: E402 # the one home of Ray's private helpers
 
-NAMES = {
-    "listen": DASHBOARD_AGENT_LISTEN_PORT_NAME,
-    "grpc": METRICS_AGENT_PORT_NAME,
-    "export": METRICS_EXPORT_PORT_NAME,
-    "runtime_env": RUNTIME_ENV_AGENT_PORT_NAME,
+#: Command-line key → the ``start_raylet`` parameter naming that agent port.
+PARAMS = {
+    "listen": "dashboard_agent_listen_port",
+    "grpc": "metrics_agent_port",
+    "export": "metrics_export_port",
+    "runtime_env": "runtime_env_agent_port",
 }
 
 
@@ -60,8 +58,7 @@ def main(argv: list[str]) -> int:
         found = find_raylet(temp_dir)
         if found:
             session_dir, node_id = found
-            for key, port in ports.items():
-                persist_port(session_dir, node_id, NAMES[key], port)
+            persist_agent_ports(session_dir, node_id, {PARAMS[k]: p for k, p in ports.items()})
             return 0
         time.sleep(0.2)
     return 1

@@ -6,7 +6,8 @@ other address (for ``--node-ip-address`` and the GCS address). With the switch o
 advertises and binds the host address, so the GCS and raylets listen on the network; with it
 off, worker nodes refuse to start. This shim runs ``ray start`` with the switch off in the
 environment (so the raylet, agents and workers keep the loopback address) and allows the
-join in this process only, keeping ``127.0.0.1`` as given. Private Ray API, isolated here;
+join in this process only, keeping ``127.0.0.1`` as given. Private Ray API, isolated in
+`mdir.raypatch`;
 ``tests/test_cluster_local.py`` checks that no process of the cluster listens beyond
 127.0.0.1, so a change in Ray's behaviour fails there.
 
@@ -16,20 +17,13 @@ Usage: python cluster/ray_start_loopback.py start [ray start arguments...]
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-import ray._private.ray_constants as ray_constants
-import ray._private.services as ray_services
+# the project's own package, whichever Python $MDIR_RAY names
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mdir.raypatch import keep_loopback_in_ray_start  # noqa: E402
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
-_resolve = ray_services.resolve_ip_for_localhost
-
-
-def _keep_loopback(host: str) -> str:
-    return host if host in _LOOPBACK else _resolve(host)
-
-
-ray_constants.ENABLE_RAY_CLUSTER = True  # a worker node may join (this process only)
-ray_services.resolve_ip_for_localhost = _keep_loopback
+keep_loopback_in_ray_start()  # private Ray API, isolated (and canary-tested) in mdir.raypatch
 
 if __name__ == "__main__":
     from ray.scripts.scripts import main

@@ -8,18 +8,17 @@
 
 State (pids, ports, token, logs, MLflow DB and artifacts) lives in ``.mdir/demo/`` of the
 repository (``--state-dir`` / ``MDIR_DEMO_STATE``); data and run outputs in ``demo_out/``.
-The services come from :mod:`mdir.services`: a Ray head with token auth on 127.0.0.1
-(``ray job submit`` gets ``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN_PATH``) and an MLflow
-server (SQLite + local artifacts) on ``MDIR_MLFLOW_PORT`` (default 5000). An MLflow server
-that already answers on that port is used but never stopped by ``down``.
+The services come from :mod:`mdir.dev`: a Ray head with token auth on 127.0.0.1 and an
+MLflow server (SQLite + local artifacts) on ``MDIR_MLFLOW_PORT`` (default 5000). An MLflow
+server that already answers on that port is used but never stopped by ``down``.
 
-Each job is submitted with ``ray job submit --working-dir <repo>`` (``.venv``, ``.git``,
-``.mdir``, ``demo_out``... excluded from the upload) and ``--runtime-env-json`` env_vars
-carrying MLFLOW_* / AWS_* / MDIR_DEMO_DATA; the head runs job drivers with the venv's
-Python. The jobs print a final result line (``MDIR_RESULT {...}`` for training, a JSON line
-for tune/retrieval) that the demo reads to show the model URI and the sample grid.
-Pieces that are not there yet (job files, configs, data code) are skipped with a message,
-never an error.
+Each job is submitted through Ray's Jobs SDK (``JobSubmissionClient`` with the head's token
+header, `mdir.dev.jobs`) with the repository as working dir (``.venv``, ``.git``, ``.mdir``,
+``demo_out``... excluded from the upload) and env_vars carrying MLFLOW_* / AWS_* /
+MDIR_DEMO_DATA; the head runs job drivers with the venv's Python, and their output is
+streamed back (``tail_job_logs``). The jobs print a final result line (``MDIR_RESULT {...}``
+for training, a JSON line for tune/retrieval) that the demo reads to show the model URI and
+the sample grid.
 """
 
 from __future__ import annotations
@@ -38,8 +37,13 @@ from typing import Any
 
 import typer
 
-from mdir import services
-from mdir.runtime import forward_env
+from mdir.dev.control import service_from_state, stop_from_state
+from mdir.dev.jobs import submit_and_follow
+from mdir.dev.mlflow_server import MLflowServer, start_mlflow
+from mdir.dev.procs import ServiceError
+from mdir.dev.ray_head import RayHead, start_ray_head
+from mdir.dev.service import load_state
+from mdir.runtime import forward_env, mlflow_client_env
 
 app = typer.Typer(
     add_completion=False,
@@ -125,16 +129,14 @@ def _timed(fn, *a, **kw):
 # ------------------------------------------------------------------ services
 
 
-def ensure_services(
-    state: Path, mlflow_port: int
-) -> tuple[services.RayHead, services.MLflowServer]:
+def ensure_services(state: Path, mlflow_port: int) -> tuple[RayHead, MLflowServer]:
     """Start (or reuse) MLflow and the Ray head side by side; returns both handles."""
     uri = f"http://127.0.0.1:{mlflow_port}"
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(_timed, services.start_mlflow, state, mlflow_port)
+        fut = pool.submit(_timed, start_mlflow, state, mlflow_port)
         # workers inherit the head's env: point them at MLflow with bounded retries
-        head_env = {"MLFLOW_TRACKING_URI": uri, **services.MLFLOW_CLIENT_ENV}
-        head, dt = _timed(services.start_ray_head, state, num_cpus=4, env=head_env)
+        head_env = {"MLFLOW_TRACKING_URI": uri, **mlflow_client_env()}
+        head, dt = _timed(start_ray_head, state, num_cpus=4, env=head_env)
         _say(f"  Ray head     {head.dashboard_url}  (GCS {head.address}, token auth)  [{dt:.0f} s]")
         mlflow, dt = fut.result()
     who = "reused, not ours" if not mlflow.owned else f"{dt:.0f} s"
@@ -142,7 +144,7 @@ def ensure_services(
     return head, mlflow
 
 
-def _job_env(mlflow: services.MLflowServer | None, data_uri: str | None) -> dict[str, str]:
+def _job_env(mlflow: MLflowServer | None, data_uri: str | None) -> dict[str, str]:
     extra: dict[str, str] = {}
     if mlflow is not None:
         extra.update(mlflow.env)
@@ -153,39 +155,35 @@ def _job_env(mlflow: services.MLflowServer | None, data_uri: str | None) -> dict
 
 
 def submit_job(
-    head: services.RayHead,
+    head: RayHead,
     root: Path,
     entrypoint: list[str],
     env_vars: dict[str, str],
     log_file: Path,
 ) -> tuple[int, str]:
-    """``ray job submit`` (waits, streams the driver's output here and to ``log_file``)."""
-    renv = {"env_vars": env_vars, "excludes": UPLOAD_EXCLUDES}
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    if not Path(ray_bin).exists():
-        ray_bin = shutil.which("ray") or "ray"
-    cmd = [
-        ray_bin,
-        "job",
-        "submit",
-        "--address",
-        head.dashboard_url,
-        "--working-dir",
-        str(root),
-        "--runtime-env-json",
-        json.dumps(renv),
-        "--",
-        *entrypoint,
-    ]
-    _say(
-        "  $ ray job submit --address "
-        + head.dashboard_url
-        + " --working-dir . -- "
-        + " ".join(entrypoint)
-    )
-    return run_logged(
-        cmd, head.client_env(), root, log_file, lambda line: _prefixed("  | ", shown_line(line))
-    )
+    """Submit a job through Ray's Jobs SDK (`mdir.dev.jobs`), wait, and stream the driver's
+    output: every line to ``log_file``, the :func:`shown_line` ones to the screen."""
+    _say(f"  submitting to {head.dashboard_url} (working dir .): " + " ".join(entrypoint))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    with open(log_file, "w") as log:
+
+        def on_line(line: str) -> None:
+            log.write(line)
+            log.flush()
+            lines.append(line)
+            _show(_prefixed("  | ", shown_line(line)))
+
+        rc, _ = submit_and_follow(
+            head, root, entrypoint, env_vars, on_line, excludes=UPLOAD_EXCLUDES
+        )
+    return rc, "".join(lines)
+
+
+def _show(text: str | None) -> None:
+    if text is not None:
+        sys.stdout.write(text.rstrip("\n") + "\n")
+        sys.stdout.flush()
 
 
 def _prefixed(prefix: str, text: str | None) -> str | None:
@@ -210,10 +208,7 @@ def run_logged(
         for line in proc.stdout:
             log.write(line)
             lines.append(line)
-            shown = show(line)
-            if shown is not None:
-                sys.stdout.write(shown.rstrip("\n") + "\n")
-                sys.stdout.flush()
+            _show(show(line))
         rc = proc.wait()
     return rc, "".join(lines)
 
@@ -259,17 +254,13 @@ def _last_json(text: str) -> dict[str, Any] | None:
 # ------------------------------------------------------------------ data
 
 
-def make_data(out: Path) -> tuple[str | None, str | None]:
+def make_data(out: Path) -> tuple[str, str | None]:
     """Synthesize (or reuse) the demo dataset and inspect it: (dataset uri, grid path)."""
+    from mdir.data.manifest import read_manifest
+    from mdir.data.synth import synthesize
+
     data = out / "synth"
     try:
-        from mdir.data.synth import synthesize
-    except ImportError as e:  # the data layer has not landed in this checkout
-        _say(f"  data layer not available ({e}); skipping the synthetic dataset")
-        return None, None
-    try:
-        from mdir.data.manifest import read_manifest
-
         manifest = read_manifest(str(data)) if (data / "manifest.json").exists() else None
     except Exception:  # noqa: BLE001 — unreadable old manifest: regenerate
         manifest = None
@@ -287,7 +278,7 @@ def make_data(out: Path) -> tuple[str | None, str | None]:
         _say(f"  wrote {manifest.rows} images in {len(manifest.shards)} shard(s) [{dt:.0f} s]")
     else:
         _say(f"  reusing {data} ({manifest.rows} images)")
-    counts = manifest.condition_counts() if hasattr(manifest, "condition_counts") else {}
+    counts = manifest.condition_counts()
     if counts:
         _say("  per condition: " + ", ".join(f"{c}={n}" for c, n in counts.items()))
     grid_path: str | None = None
@@ -353,14 +344,11 @@ def up(
     _step(1, n, f"services (state in {state})")
     try:
         (head, mlflow), phases["services"] = _timed(ensure_services, state, port)
-    except services.ServiceError as e:
+    except ServiceError as e:
         _say(f"  could not start the services: {e}")
         raise typer.Exit(1) from e
     _step(2, n, "synthetic dataset")
     (data_uri, grid), phases["data"] = _timed(make_data, outd)
-    if data_uri is None:
-        _say("\nThe demo stops here: no dataset. Services are left running (`make demo-down`).")
-        return
     result: dict[str, Any] = {
         "ray_dashboard": head.dashboard_url,
         "ray_address": head.address,
@@ -370,11 +358,9 @@ def up(
         "method": method,
         "phases_s": phases,
     }
-    _step(3, n, f"{method} training job (ray job submit; Ray's full output: the job log)")
-    missing = [p for p in (job_file, job_config) if not (root / p).exists()]
-    if skip_job or missing:
-        why = "--skip-job" if skip_job else f"not in this checkout yet: {', '.join(missing)}"
-        _say(f"  skipped ({why}). The dataset above is ready for it.")
+    _step(3, n, f"{method} training job (Ray Jobs API; Ray's full output: the job log)")
+    if skip_job:
+        _say("  skipped (--skip-job). The dataset above is ready for it.")
         _write_result(outd, result)
         return
     run_name = time.strftime(f"demo-{method}-%Y%m%d-%H%M%S")
@@ -409,7 +395,7 @@ def up(
 
 
 def _held_out_report(
-    job: dict[str, Any], data_uri: str, outd: Path, mlflow: services.MLflowServer
+    job: dict[str, Any], data_uri: str, outd: Path, mlflow: MLflowServer
 ) -> dict[str, Any] | None:
     """FID/KID + luminance + colour histograms of real day vs real night and translated day
     vs real night on the test split; a labelled grid of places; both logged to the run."""
@@ -466,7 +452,7 @@ def _write_result(outd: Path, result: dict[str, Any]) -> None:
     (outd / "demo_result.json").write_text(json.dumps(result, indent=2, default=str))
 
 
-def _print_summary(result: dict[str, Any], head: services.RayHead, state: Path) -> None:
+def _print_summary(result: dict[str, Any], head: RayHead, state: Path) -> None:
     job = result.get("job") or {}
     _say(f"  MLflow UI         {result['mlflow_ui']}  (experiment mdir-demo)")
     _say(f"  Ray dashboard     {head.dashboard_url}  (token: {head.token_path})")
@@ -502,8 +488,8 @@ def down(state_dir: Path | None = StateOpt) -> None:
     stopped = []
     for name in ("ray.json", "mlflow.json", "s3.json"):
         f = state / name
-        data = services.load_state(f)
-        if data and services.stop_from_state(f):
+        data = load_state(f)
+        if data and stop_from_state(f):
             stopped.append(f"{data.get('kind', name)} (pgid {data.get('pgid')})")
     if stopped:
         _say("stopped: " + ", ".join(stopped))
@@ -516,23 +502,20 @@ def status(state_dir: Path | None = StateOpt) -> None:
     """Show what the demo started and whether it answers."""
     state = _state_dir(state_dir, _repo_root())
     any_ = False
-    for name, cls in (("ray.json", services.RayHead), ("mlflow.json", services.MLflowServer)):
-        data = services.load_state(state / name)
-        if not data:
+    for name in ("ray.json", "mlflow.json", "s3.json"):
+        svc = service_from_state(state / name)
+        if svc is None:
             continue
         any_ = True
-        data.pop("kind", None)
-        svc = cls(**data)
         ok = svc.healthy()
-        where = svc.dashboard_url if isinstance(svc, services.RayHead) else svc.uri
-        _say(f"{name[:-5]:7s} {'up' if ok else 'DOWN'}  {where}  pids={svc.alive_pids()}")
+        _say(f"{name[:-5]:7s} {'up' if ok else 'DOWN'}  {svc.url}  pids={svc.alive_pids()}")
     if not any_:
         _say(f"the demo has started nothing (no state files in {state})")
 
 
 def _ensure_for_followup(
     state_dir: Path | None, out: Path | None, mlflow_port: int | None
-) -> tuple[Path, Path, services.RayHead, services.MLflowServer, str | None]:
+) -> tuple[Path, Path, RayHead, MLflowServer, str]:
     root = _repo_root()
     state = _state_dir(state_dir, root)
     outd = _out_dir(out, root)
@@ -551,16 +534,8 @@ def tune(
     mlflow_port: int | None = PortOpt,
 ) -> None:
     """Run the tiny Tune sweep (tune_spaces/demo.yaml): leaderboard + champion model URI."""
-    root = _repo_root()
-    missing = [p for p in (TUNE_JOB, TUNE_SPACE) if not (root / p).exists()]
-    if missing:
-        _say(f"The Tune demo is not in this checkout yet ({', '.join(missing)}); nothing to do.")
-        return
     root, outd, head, mlflow, data_uri = _ensure_for_followup(state_dir, out, mlflow_port)
-    if data_uri is None:
-        _say("no dataset: the Tune demo needs the data layer")
-        return
-    _step(3, 3, "Tune sweep (ray job submit)")
+    _step(3, 3, "Tune sweep (Ray Jobs API)")
     entry = ["python", TUNE_JOB, "--space", TUNE_SPACE, "--storage", str(outd / "tune")]
     rc, text = submit_job(head, root, entry, _job_env(mlflow, data_uri), outd / "tune_job.log")
     res = _last_json(text) or {}
@@ -586,18 +561,8 @@ def retrieval(
     mlflow_port: int | None = PortOpt,
 ) -> None:
     """Retrieval fine-tuning with vs without the demo's generator as augmentation."""
-    root = _repo_root()
-    missing = [p for p in (RETRIEVAL_JOB, RETRIEVAL_CONFIG) if not (root / p).exists()]
-    if missing:
-        _say(
-            f"The retrieval demo is not in this checkout yet ({', '.join(missing)}); nothing to do."
-        )
-        return
     root, outd, head, mlflow, data_uri = _ensure_for_followup(state_dir, out, mlflow_port)
-    if data_uri is None:
-        _say("no dataset: the retrieval demo needs the data layer")
-        return
-    _step(3, 3, "retrieval comparison (ray job submit)")
+    _step(3, 3, "retrieval comparison (Ray Jobs API)")
     entry = [
         "python",
         RETRIEVAL_JOB,

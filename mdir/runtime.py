@@ -28,11 +28,13 @@ import contextlib
 import json
 import logging
 import os
-import sys
+import socket
 import tempfile
 import uuid
 from collections.abc import Mapping
 from typing import Any, Literal
+
+from mdir import raypatch
 
 log = logging.getLogger("mdir.runtime")
 
@@ -105,6 +107,43 @@ def forward_env(
     return out
 
 
+def mlflow_client_env(timeout_s: float = 10.0, max_retries: int = 2) -> dict[str, str]:
+    """The MLflow client settings every mdir process uses: bounded HTTP retries and never
+    unpickling a model file.
+
+    MLflow's defaults are 7 retries x 120 s (~4 min per failing call, ~20 min against a hung
+    server). Some retries stay (0 would make async logging drop metrics on a blip) but
+    bounded: backoff 1 s (sleeps ~1 s, 2 s + jitter <= 0.5 s) and ``timeout_s`` per request,
+    so with the defaults a down server costs ~4 s per call and a hung one ~35 s."""
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(round(timeout_s)))),
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    }
+
+
+#: Client defaults that hold unless the process set them: never unpickle, and no artifact
+#: progress bars (they interleave with job logs and ``--json`` output).
+MLFLOW_CLIENT_DEFAULTS = {
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def mlflow_client_defaults() -> None:
+    """Apply :data:`MLFLOW_CLIENT_DEFAULTS` where unset: called where mdir loads or logs
+    models, never at import."""
+    for k, v in MLFLOW_CLIENT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+def configure_mlflow_client(timeout_s: float = 10.0, max_retries: int = 2) -> None:
+    """Apply :func:`mlflow_client_env` to this process (MLflow reads them at call time)."""
+    os.environ.update(mlflow_client_env(timeout_s, max_retries))
+
+
 def bytecode_cache_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Env vars that give Ray's processes a bytecode cache when the driver has none.
 
@@ -137,9 +176,7 @@ def pin_interpreter() -> None:
     if uv_hook_wanted():
         return
     os.environ[UV_HOOK_ENV] = "0"
-    mod = sys.modules.get("ray._private.ray_constants")
-    if mod is not None:
-        mod.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
+    raypatch.set_uv_hook(False)
 
 
 def use_loopback() -> None:
@@ -149,18 +186,13 @@ def use_loopback() -> None:
     already-imported ``ray`` computed from it at import time.
     """
     os.environ[LOOPBACK_ENV] = "0"
-    mod = sys.modules.get("ray._private.ray_constants")
-    if mod is not None:
-        mod.ENABLE_RAY_CLUSTER = False
+    raypatch.set_cluster_mode(False)
 
 
 def refresh_ray_auth_config() -> None:
     """Make an already-imported ray see RAY_AUTH_MODE / RAY_AUTH_TOKEN* changes."""
     with contextlib.suppress(Exception):  # private API; ray.init reads the env anyway
-        from ray._raylet import AuthenticationTokenLoader, Config
-
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
+        raypatch.refresh_auth_config()
 
 
 def job_env_keys(environ: Mapping[str, str] | None = None) -> set[str]:
@@ -202,14 +234,17 @@ def connect(
     log_to_driver: bool = True,
 ) -> bool:
     """Connect this process to Ray unless it already is; True when a private local instance
-    was started here (stopped at exit).
+    was started here (it ends with this process).
 
     ``address`` / ``RAY_ADDRESS`` → that cluster, with :func:`job_env_vars` as the driver's
-    runtime env. Without one: ``local="head"`` starts a private ``ray start --head`` on
-    127.0.0.1 with its own token and dashboard (jobs can be submitted to it);
-    ``local="inprocess"`` starts ``ray.init(address="local")`` without a dashboard, token
-    held in memory (no ``~/.ray/auth_token`` is written: that would switch every other
-    local cluster on the machine to token auth)."""
+    runtime env. Without one, a private instance on 127.0.0.1 through ``ray.init(address=
+    "local")`` (public API), token held in memory (no ``~/.ray/auth_token`` is written: that
+    would switch every other local cluster on the machine to token auth):
+    ``local="head"`` with its dashboard (Jobs and State API; Ray Train's placement-group
+    cleaner queries the State API, pointed at this instance through
+    ``RAY_API_SERVER_ADDRESS``), ``local="inprocess"`` without one (faster start, for data
+    work). A long-lived local head for several drivers is ``mdir.dev.ray_head`` (tests,
+    demo) or ``cluster/local.sh``."""
     pin_interpreter()
     # MLflow's telemetry thread pops an env var while requests iterates os.environ for
     # proxies: a KeyError that fails tracking calls at random in actors. Off everywhere.
@@ -233,45 +268,39 @@ def connect(
             log_to_driver=log_to_driver,
         )
         return False
-    if local == "head":
-        _start_private_head(num_cpus, env, log_to_driver)
-    else:
-        _start_inprocess(num_cpus, object_store_memory, temp_dir, log_to_driver)
+    _start_local(
+        num_cpus,
+        object_store_memory,
+        temp_dir,
+        log_to_driver,
+        dashboard=local == "head",
+        env=env,
+    )
     return True
 
 
-def _start_private_head(
-    num_cpus: float | None, env: Mapping[str, str] | None, log_to_driver: bool
-) -> None:
-    import atexit
-
-    import ray
-
-    from mdir.services import start_ray_head
-
-    head = start_ray_head(
-        tempfile.mkdtemp(prefix="mdir-ray-"), num_cpus=num_cpus or os.cpu_count() or 2
-    )
-
-    def _stop() -> None:  # disconnect first: a driver whose head vanishes exits with 1
-        ray.shutdown()
-        head.stop()
-
-    atexit.register(_stop)
-    head.init(runtime_env={"env_vars": job_env_vars(env)}, log_to_driver=log_to_driver)
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-def _start_inprocess(
+def _start_local(
     num_cpus: float | None,
     object_store_memory: int | None,
     temp_dir: str | None,
     log_to_driver: bool,
+    *,
+    dashboard: bool,
+    env: Mapping[str, str] | None,
 ) -> None:
+    """``ray.init(address="local")`` with token auth on 127.0.0.1 (see :func:`connect`)."""
     import ray
 
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         os.environ["RAY_AUTH_TOKEN"] = uuid.uuid4().hex
     os.environ["RAY_AUTH_MODE"] = "token"
+    use_loopback()  # a private instance: bind and advertise 127.0.0.1 only
     # On a loaded 2-core machine the agents need longer than the default to come up.
     os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")
@@ -279,16 +308,24 @@ def _start_inprocess(
     # from source (~5 s each here) and the raylet gives up waiting for its agents.
     os.environ.update(bytecode_cache_env())
     refresh_ray_auth_config()
+    env_vars = forward_env(env) if env else {}
     last: Exception | None = None
     for _attempt in range(3):  # on an overloaded machine the raylet may give up on its agents
+        kwargs: dict[str, Any] = {"include_dashboard": dashboard}
+        if dashboard:
+            port = _free_port()
+            kwargs.update(dashboard_host="127.0.0.1", dashboard_port=port)
+            # the raylet and its workers inherit this process's environment
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         try:
             ray.init(
                 address="local",
                 num_cpus=num_cpus,
-                include_dashboard=False,
                 log_to_driver=log_to_driver,
                 object_store_memory=object_store_memory,
+                runtime_env={"env_vars": env_vars} if env_vars else None,
                 _temp_dir=temp_dir or tempfile.mkdtemp(prefix="mdir-ray-", dir="/tmp"),
+                **kwargs,
             )
             return
         except Exception as e:  # "node timed out during startup"

@@ -1,25 +1,25 @@
 """Session fixtures: real local services on 127.0.0.1 (moto S3, Ray head with token auth, MLflow).
 
 Each is started once per test session (only when a test asks for it) by
-:mod:`mdir.services` and stopped by pid / process group at the end — never ``ray stop``.
+:mod:`mdir.dev` and stopped by pid / process group at the end — never ``ray stop``.
 
-- ``s3_server`` (:class:`mdir.services.S3Server`): sets ``AWS_ENDPOINT_URL``,
+- ``s3_server`` (:class:`mdir.dev.s3.S3Server`): sets ``AWS_ENDPOINT_URL``,
   ``AWS_SHARED_CREDENTIALS_FILE`` (a 0600 file with the test keys: key values are never
   forwarded to Ray workers, the file's path is) and ``AWS_DEFAULT_REGION=us-east-1``;
   ``s3_server.bucket("name") -> "s3://name"``. s3fs, boto3 and pyarrow's ``s3://``
   filesystem all pick up ``AWS_ENDPOINT_URL`` and the credentials file.
-- ``ray_cluster`` (:class:`mdir.services.RayHead`): 4 *logical* CPUs on this 2-core
+- ``ray_cluster`` (:class:`mdir.dev.ray_head.RayHead`): 4 *logical* CPUs on this 2-core
   machine so 2 Train workers + Ray Data tasks fit at once; sets ``RAY_ADDRESS``,
   ``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH``; ``.address`` (GCS),
-  ``.dashboard_url`` (``ray job submit --address``), ``.temp_dir``, ``.env`` (client vars),
+  ``.dashboard_url`` / ``.job_client()`` (Jobs API with the token header), ``.temp_dir``, ``.env`` (client vars),
   ``.init()`` (``ray.init`` with auth + forwarded env), ``.runtime_env()``.
   **Env for workers**: the head was started before/independently of the other services, so
   pass AWS_* / MLFLOW_* to workers with ``runtime_env={"env_vars": ...}`` —
   ``ray_cluster.init()`` does it for you (it forwards the non-secret AWS_*, MLFLOW_*, MDIR_*
   and RAY_DATA_DISABLE_PROGRESS_BARS from ``os.environ`` at call time), or
   ``ray.init(address=ray_cluster.address, runtime_env=ray_cluster.runtime_env())``, or
-  ``ray job submit --runtime-env-json`` with the same dict.
-- ``mlflow_server`` (:class:`mdir.services.MLflowServer`): SQLite + proxied local
+  a submitted job's runtime_env with the same dict (`mdir.dev.jobs`).
+- ``mlflow_server`` (:class:`mdir.dev.mlflow_server.MLflowServer`): SQLite + proxied local
   artifacts, ``--workers 1``; sets ``MLFLOW_TRACKING_URI`` and bounded client retries
   (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``, backoff 1 s, ``MLFLOW_HTTP_REQUEST_TIMEOUT=10``:
   a down server costs ~4 s per call instead of minutes) and
@@ -39,11 +39,15 @@ from pathlib import Path
 
 import pytest
 
-from mdir import runtime, services
+from mdir import runtime
+from mdir.dev.mlflow_server import MLflowServer, start_mlflow
+from mdir.dev.ray_head import RayHead, start_ray_head
+from mdir.dev.s3 import S3Server, start_s3
+from mdir.dev.service import Service
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 # Must be set before any test module imports ray: keeps Ray clients on 127.0.0.1.
-os.environ[services.LOOPBACK_ENV] = "0"
+os.environ[runtime.LOOPBACK_ENV] = "0"
 # A stray ~/.ray/auth_token must not decide auth for clients; the fixtures set it explicitly.
 os.environ.pop("RAY_AUTH_TOKEN", None)
 # `make test` runs pytest under `uv run`: drivers started from here (and their subprocesses)
@@ -110,15 +114,15 @@ if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
-def _started(svc: services._Service) -> None:
+def _started(svc: Service) -> None:
     # belt and braces: also stop on interpreter exit (Ctrl-C, crash in teardown)
     atexit.register(svc.stop)
 
 
 @pytest.fixture(scope="session")
-def s3_server(services_dir: Path) -> Iterator[services.S3Server]:
+def s3_server(services_dir: Path) -> Iterator[S3Server]:
     """A real moto S3 server on 127.0.0.1; AWS_* variables point at it."""
-    srv = services.start_s3(services_dir / "s3")
+    srv = start_s3(services_dir / "s3")
     _started(srv)
     patch = _EnvPatch(srv.env)
     yield srv
@@ -127,9 +131,9 @@ def s3_server(services_dir: Path) -> Iterator[services.S3Server]:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(services_dir: Path) -> Iterator[services.MLflowServer]:
+def mlflow_server(services_dir: Path) -> Iterator[MLflowServer]:
     """A real MLflow server (SQLite, --workers 1) on 127.0.0.1; MLFLOW_* variables set."""
-    srv = services.start_mlflow(services_dir / "mlflow", reuse_foreign=False)
+    srv = start_mlflow(services_dir / "mlflow", reuse_foreign=False)
     _started(srv)
     patch = _EnvPatch(srv.env)
     yield srv
@@ -138,12 +142,12 @@ def mlflow_server(services_dir: Path) -> Iterator[services.MLflowServer]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(services_dir: Path) -> Iterator[services.RayHead]:
+def ray_cluster(services_dir: Path) -> Iterator[RayHead]:
     """A real local Ray head (token auth, 127.0.0.1, 4 logical CPUs); RAY_* variables set."""
-    head = services.start_ray_head(services_dir / "ray", num_cpus=4)
+    head = start_ray_head(services_dir / "ray", num_cpus=4)
     _started(head)
     patch = _EnvPatch(head.env)
-    services.use_loopback()
+    runtime.use_loopback()
     yield head
     if "ray" in sys.modules:
         import ray

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mdir import runtime
-from mdir.services import WorkerStartWatch
+from mdir.dev.ray_head import WorkerStartWatch
 
 
 def uv_binary() -> str:

@@ -166,15 +166,46 @@ def test_find_cycles_on_a_toy_graph():
     assert find_cycles({"a": {"b"}, "b": set()}) == []
 
 
-#: Cycles not yet removed, each with the reason. runtime → services: `connect(local="head")`
-#: starts a private Ray head with the test/demo harness; goes when the harness moves to
-#: mdir/dev and the runtime starts its head through public Ray APIs (issue 15, runtime part).
-KNOWN_CYCLES = [["mdir.runtime", "mdir.services"]]
-
-
 def test_no_import_cycles():
-    cycles = [c for c in find_cycles(import_graph()) if c not in KNOWN_CYCLES]
+    cycles = find_cycles(import_graph())
     assert not cycles, "\n".join(" ⇄ ".join(c) for c in cycles)
+
+
+#: The only modules outside `mdir.dev` that may use the local-services harness.
+DEV_USERS = ("mdir.dev", "mdir.demo")
+
+
+def test_product_code_does_not_import_the_dev_harness():
+    """`mdir.dev` (local Ray head, MLflow and S3 servers, drills) is for tests and the demo:
+    no library module depends on it, lazily or not."""
+    bad = [
+        f"{m} imports {d}"
+        for m, deps in import_graph().items()
+        if not _under(m, DEV_USERS)
+        for d in sorted(deps)
+        if _under(d, ("mdir.dev",))
+    ]
+    assert not bad, "\n".join(bad)
+    assert "mdir.dev.ray_head" in import_graph()["mdir.demo"]  # the check sees the harness
+
+
+def test_ray_private_modules_are_used_in_raypatch_only():
+    """Every `ray._private` / `ray._raylet` import in `mdir/` and the cluster scripts is in
+    `mdir/raypatch.py` (whose canary is tests/test_raypatch.py)."""
+    bad = []
+    for path in [*ROOT.rglob("*.py"), *(ROOT.parent / "cluster").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            hits = [n for n in names if n.startswith(("ray._private", "ray._raylet"))]
+            if hits and path.name != "raypatch.py":
+                bad.append(f"{path.relative_to(ROOT.parent)}: {', '.join(hits)}")
+        if "ray._private" in path.read_text() and path.name != "raypatch.py":
+            bad.append(f"{path.relative_to(ROOT.parent)} names ray._private")
+    assert not bad, "\n".join(bad)
 
 
 @pytest.mark.parametrize("pkg", ["mdir.models", "mdir.methods", "mdir.data", "mdir.metrics"])

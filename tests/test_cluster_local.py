@@ -3,7 +3,7 @@
 One cluster per module (starting one costs ~30-100 s on 2 busy cores). The tests check that
 token auth is really on, that work pinned with the per-node custom resources lands on different
 nodes, and that `down` leaves none of its processes behind. The job / sweep / node-loss tests
-run the project's real entrypoints (`jobs/*.py`) through `ray job submit` and skip with a reason
+run the project's real entrypoints (`jobs/*.py`) through Ray's Jobs SDK and skip with a reason
 while those files are not in the tree.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -224,52 +225,38 @@ print("RESULT " + json.dumps(sorted(names.get(a.node_id, "?") for a in acts)))
 """
 
 
-def _ray(
-    cluster: LocalCluster, *args: str, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(Path(PY).parent / "ray"), *args],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
-
-
 def _submit(cluster: LocalCluster, sub_id: str, entrypoint: list[str]) -> None:
-    r = _ray(
-        cluster,
-        "job",
-        "submit",
-        "--no-wait",
-        "--submission-id",
-        sub_id,
-        "--working-dir",
-        str(REPO),
-        "--runtime-env-json",
-        EXCLUDES,
-        "--",
-        *entrypoint,
+    """Submit through Ray's Jobs SDK (token from the cluster's env), not the `ray` CLI."""
+    renv = {"working_dir": str(REPO), **json.loads(EXCLUDES)}
+    r = _job_query(cluster, "submit", sub_id, json.dumps(renv), shlex.join(entrypoint))
+    assert r.returncode == 0 and f"SUBMITTED {sub_id}" in r.stdout, (
+        r.stdout[-2000:] + r.stderr[-2000:]
     )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
 
 JOB_QUERY = r"""
-import os, sys
+import json, os, sys
 from ray.job_submission import JobSubmissionClient
 client = JobSubmissionClient(os.environ["RAY_API_SERVER_ADDRESS"])
-if sys.argv[1] == "status":
+if sys.argv[1] == "submit":
+    sub = client.submit_job(entrypoint=sys.argv[4], submission_id=sys.argv[2],
+                            runtime_env=json.loads(sys.argv[3]))
+    print("SUBMITTED " + sub)
+elif sys.argv[1] == "status":
     print("STATUS " + str(client.get_job_status(sys.argv[2]).value))
 else:
     print(client.get_job_logs(sys.argv[2]))
 """
 
 
-def _job_query(cluster: LocalCluster, what: str, sub_id: str) -> subprocess.CompletedProcess:
-    """Run JOB_QUERY (`status` or `logs`) for a submission against the cluster's dashboard."""
+def _job_query(
+    cluster: LocalCluster, what: str, sub_id: str, *args: str
+) -> subprocess.CompletedProcess:
+    """Run JOB_QUERY (`submit`, `status` or `logs`) for a submission against the cluster's
+    dashboard (the client takes the token from the cluster's RAY_AUTH_* variables)."""
     return subprocess.run(
-        [PY, "-c", JOB_QUERY, what, sub_id],
+        [PY, "-c", JOB_QUERY, what, sub_id, *args],
+        cwd=REPO,
         env=cluster.env,
         capture_output=True,
         text=True,
@@ -323,7 +310,7 @@ def tiny_data() -> Iterator[Path]:
 def test_training_job_spreads_over_nodes_and_survives_losing_one(
     local_cluster: LocalCluster, tiny_data: Path
 ) -> None:
-    """`ray job submit` a 2-worker CycleGAN (32 px, 8-wide nets): the workers sit on two
+    """Submit (Jobs SDK) a 2-worker CycleGAN (32 px, 8-wide nets): the workers sit on two
     different nodes; SIGKILL of a worker node after the first checkpoint; Train restarts the
     group on the nodes left, from that checkpoint, and the job finishes all steps."""
     runs = tiny_data / "runs"

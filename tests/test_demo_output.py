@@ -53,3 +53,11 @@ def test_labelled_grid_places_tiles_under_titles():
     assert tuple(g[h - 10, w - 10 - 132]) == (0, 0, 255)
     # the label areas hold dark text pixels
     assert (g[:20].min(-1) < 100).any() and (g[h // 2 :, :12].min(-1) < 100).any()
+
+
+def test_outcome_lines_of_the_jobs_sdk_are_shown():
+    """`mdir.dev.jobs` ends with the CLI's outcome line (no timestamp); the demo shows it, and
+    the submission line stays in the log only."""
+    assert shown_line("Job 'raysubmit_abc' failed\n") == "Job 'raysubmit_abc' failed"
+    assert shown_line("Job 'raysubmit_abc' succeeded\n") == "Job 'raysubmit_abc' succeeded"
+    assert shown_line("Job 'raysubmit_abc' submitted successfully\n") is None

@@ -80,14 +80,47 @@ def test_pin_interpreter_switches_rays_uv_hook_off(monkeypatch):
     assert os.environ[runtime.UV_HOOK_ENV] == "1" and rc.RAY_ENABLE_UV_RUN_RUNTIME_ENV is True
 
 
+def test_mlflow_client_env_is_bounded_and_never_unpickles(monkeypatch):
+    env = runtime.mlflow_client_env(timeout_s=7.4, max_retries=3)
+    assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+    assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
+    assert env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    assert runtime.mlflow_client_env(timeout_s=0.2)["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "1"
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    runtime.configure_mlflow_client(timeout_s=4, max_retries=1)
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "4"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    runtime.mlflow_client_defaults()
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # an explicit choice
+    runtime.mlflow_client_defaults()
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "true"
+
+
+def test_importing_mdir_sets_no_mlflow_variables():
+    """No module sets the MLflow client environment at import time (only when used)."""
+    code = (
+        "import os, mdir.registry.generators, mdir.training.tracking, mdir.retrieval.train\nimport mdir.retrieval.registry, mdir.registry.cli, mdir.cli, mdir.demo\n"
+        "print(sorted(k for k in os.environ if k.startswith('MLFLOW_')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 # ------------------------------------------------------------------ launch styles (real Ray)
 
 
 DRIVER = textwrap.dedent(
     """
     import json, os, sys, time
-    from ray._private.runtime_env.uv_runtime_env_hook import _get_uv_run_cmdline
-    under_uv = _get_uv_run_cmdline() is not None
+    from mdir.raypatch import uv_run_cmdline
+    under_uv = uv_run_cmdline() is not None
     if sys.argv[1] == "mdir":
         from mdir.runtime import connect
         connect()
@@ -147,6 +180,57 @@ def test_driver_under_uv_run_gets_working_workers(tmp_path: Path, ray_cluster):
     with pytest.raises(Exception, match="No module named 'ray'"):
         watch.check()
     assert time.monotonic() - t0 < 60 + 120
+
+
+PRIVATE_DRIVER = textwrap.dedent(
+    """
+    import json, os, urllib.request, urllib.error
+    from mdir.runtime import connect
+    started = connect(num_cpus=1, log_to_driver=False)
+    import ray
+    from ray.util.state import list_nodes
+
+    @ray.remote(num_cpus=0.1)
+    def probe():
+        return ray.util.get_node_ip_address(), os.environ.get("RAY_API_SERVER_ADDRESS")
+
+    ip, api_in_worker = ray.get(probe.remote(), timeout=300)
+    api = os.environ["RAY_API_SERVER_ADDRESS"]
+    def status(headers):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(
+                    api + "/api/version", headers=headers), timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+    token = os.environ["RAY_AUTH_TOKEN"]
+    print(json.dumps({"started": started, "ip": ip, "api": api, "api_in_worker": api_in_worker,
+                      "nodes": len(list_nodes(address=api)), "no_token": status({}),
+                      "token": status({"Authorization": "Bearer " + token}),
+                      "home_token": os.path.exists(os.path.expanduser("~/.ray/auth_token"))}))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_connect_without_a_cluster_starts_a_private_instance_with_public_apis(tmp_path: Path):
+    """No RAY_ADDRESS: `connect()` starts its own instance through `ray.init` — token auth
+    on (the dashboard refuses a request without the token), 127.0.0.1 only, and the State
+    API that Ray Train's cleaner uses reachable from workers via RAY_API_SERVER_ADDRESS."""
+    (tmp_path / "driver.py").write_text(PRIVATE_DRIVER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    env.pop("RAY_API_SERVER_ADDRESS", None)
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "driver.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=540)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["started"] is True and got["ip"] == "127.0.0.1"
+    assert got["api"].startswith("http://127.0.0.1:") and got["api_in_worker"] == got["api"]
+    assert got["nodes"] == 1
+    assert got["no_token"] == 401 and got["token"] == 200
+    assert got["home_token"] is False  # the token stays in memory
 
 
 # ------------------------------------------------------------------ no secret reaches Ray

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from mdir import runtime, services
+from mdir import runtime
+from mdir.dev import procs
+from mdir.dev.control import service_from_state, stop_from_state
+from mdir.dev.jobs import _lines, submit_and_follow
+from mdir.dev.mlflow_server import MLflowServer
+from mdir.dev.ray_head import RayHead
+from mdir.dev.s3 import S3Server, start_s3
+from mdir.dev.service import Service
 
 # ---------------------------------------------------------------- S3
 
@@ -68,37 +75,63 @@ def test_ray_task_runs_with_token_auth_and_forwarded_env(ray_cluster, monkeypatc
 
 def test_unauthenticated_clients_are_refused(ray_cluster):
     url = f"{ray_cluster.dashboard_url}/api/jobs/"
-    assert services.http_status(url) == 401  # no token
+    assert procs.http_status(url) == 401  # no token
     wrong = {"Authorization": "Bearer " + "0" * 64}
-    assert services.http_status(url, headers=wrong) in (401, 403)
+    assert procs.http_status(url, headers=wrong) in (401, 403)
     good = {"Authorization": f"Bearer {ray_cluster.token()}"}
-    assert services.http_status(url, headers=good) == 200
+    assert procs.http_status(url, headers=good) == 200
 
 
 @pytest.mark.slow
-def test_ray_job_submit_with_token_and_unauthenticated_cli_refused(ray_cluster, tmp_path):
-    """`ray job submit` reaches the head with the token; the same CLI without it is refused."""
+def test_job_submitted_through_the_jobs_sdk_streams_its_output(ray_cluster, tmp_path):
+    """`mdir.dev.jobs` submits with the head's token header, uploads the working dir, passes
+    env_vars, streams the driver's lines and ends with the CLI's outcome line; a failing
+    entrypoint is reported as failed; the CLI without the token is refused."""
     (tmp_path / "probe.py").write_text(
         "import os, ray\n"
         "ray.init()\n"
         "f = ray.remote(lambda: os.environ.get('MDIR_SVC_MARK'))\n"
         "print('PROBE', ray.get(f.remote()))\n"
     )
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    env = ray_cluster.client_env()
-    renv = json.dumps({"env_vars": {"MDIR_SVC_MARK": "via-submit"}})
-    cmd = [ray_bin, "job", "submit", "--address", ray_cluster.dashboard_url]
-    cmd += ["--working-dir", str(tmp_path), "--runtime-env-json", renv, "--", "python", "probe.py"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "PROBE via-submit" in out.stdout
+    (tmp_path / "fail.py").write_text("raise SystemExit(3)\n")
+    lines: list[str] = []
+    rc, job_id = submit_and_follow(
+        ray_cluster, tmp_path, ["python", "probe.py"], {"MDIR_SVC_MARK": "via-sdk"}, lines.append
+    )
+    assert rc == 0, "".join(lines)[-3000:]
+    assert "PROBE via-sdk\n" in lines
+    assert lines[-1] == f"Job '{job_id}' succeeded\n"
+    info = ray_cluster.job_client().get_job_info(job_id)
+    assert info.entrypoint == "python probe.py" and info.status.value == "SUCCEEDED"
 
+    failed: list[str] = []
+    rc, job_id = submit_and_follow(ray_cluster, tmp_path, ["python", "fail.py"], {}, failed.append)
+    assert rc == 3 and failed[-1] == f"Job '{job_id}' failed\n"  # the driver's exit code
+
+    env = ray_cluster.client_env()
     bad_env = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
     bad_env.update(RAY_AUTH_MODE="disabled", HOME=str(tmp_path))  # no ~/.ray/auth_token either
+    ray_bin = str(Path(sys.executable).parent / "ray")
     lst = [ray_bin, "job", "list", "--address", ray_cluster.dashboard_url]
     out = subprocess.run(lst, env=bad_env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "authentication" in (out.stdout + out.stderr).lower()
+
+
+def test_job_client_talks_to_its_head_whatever_the_environment_says(ray_cluster, monkeypatch):
+    """Ray lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override a client's address: the head's
+    own client must still reach the head (and leave the environment as it was)."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:9")
+    client = ray_cluster.job_client()
+    assert isinstance(client.list_jobs(), list)  # answered by the head, with the token
+    assert os.environ["RAY_API_SERVER_ADDRESS"] == "http://127.0.0.1:9"
+
+
+def test_streamed_chunks_are_split_into_whole_lines():
+    assert _lines(["a\nb", "c\n", "d"], "") == (["a\n", "bc\n"], "d")
+    assert _lines(["\n"], "tail") == (["tail\n"], "")
+    assert _lines([], "") == ([], "")
 
 
 # ---------------------------------------------------------------- MLflow
@@ -132,16 +165,16 @@ def test_mlflow_logs_and_reads_back_a_metric(mlflow_server):
 # ---------------------------------------------------------------- lifecycle
 
 
-def _spawn_group(tmp_path: Path, name: str) -> services._Service:
+def _spawn_group(tmp_path: Path, name: str) -> Service:
     """A two-process group (sh + background sleep) as a service with a state file."""
     log = tmp_path / f"{name}.log"
-    proc = services._spawn(["sh", "-c", "sleep 300 & sleep 300"], log, os.environ)
-    svc = services._Service(
+    proc = procs.spawn(["sh", "-c", "sleep 300 & sleep 300"], log, os.environ)
+    svc = Service(
         state_file=str(tmp_path / f"{name}.json"), pids=[proc.pid], pgid=proc.pid, log=str(log)
     )
     svc.save()
     t0 = time.monotonic()
-    while len(services.group_pids(proc.pid)) < 2 and time.monotonic() - t0 < 10:
+    while len(procs.group_pids(proc.pid)) < 2 and time.monotonic() - t0 < 10:
         time.sleep(0.1)
     return svc
 
@@ -150,31 +183,60 @@ def test_stop_kills_the_whole_process_group_and_nothing_else(tmp_path):
     ours = _spawn_group(tmp_path, "ours")
     other = _spawn_group(tmp_path, "other")
     try:
-        members = services.group_pids(ours.pgid)
+        members = procs.group_pids(ours.pgid)
         assert len(members) >= 2  # the shell and its background child(ren)
         ours.stop(timeout=5)
-        assert not [p for p in members if services.pid_alive(p)]
+        assert not [p for p in members if procs.pid_alive(p)]
         assert not Path(ours.state_file).exists()
-        assert len(services.group_pids(other.pgid)) >= 2  # untouched
+        assert len(procs.group_pids(other.pgid)) >= 2  # untouched
     finally:
         other.stop(timeout=5)
-    assert services.group_pids(other.pgid) == []
+    assert procs.group_pids(other.pgid) == []
 
 
 def test_s3_state_file_reuse_and_stop_from_another_process(tmp_path):
     state = tmp_path / "st"
-    srv = services.start_s3(state)
+    srv = start_s3(state)
     try:
-        again = services.start_s3(state)  # already running → reused, not a second server
+        again = start_s3(state)  # already running → reused, not a second server
         assert (again.port, again.pids) == (srv.port, srv.pids)
         assert json.loads((state / "s3.json").read_text())["port"] == srv.port
-        code = "import sys; from mdir.services import stop_from_state; stop_from_state(sys.argv[1])"
+        code = (
+            "import sys; from mdir.dev.control import stop_from_state; stop_from_state(sys.argv[1])"
+        )
         subprocess.run([sys.executable, "-c", code, str(state / "s3.json")], check=True, timeout=60)
-        assert not services.pid_alive(srv.pids[0])
-        assert not services.port_open(srv.port)
+        assert not procs.pid_alive(srv.pids[0])
+        assert not procs.port_open(srv.port)
         assert not (state / "s3.json").exists()
     finally:
         srv.stop()
+
+
+def test_s3_server_runs_moto_in_its_own_module_process(s3_server):
+    """The fixture's server is `python -m mdir.dev.s3` (ThreadedMotoServer), not moto's CLI."""
+    cmdlines = {pid: cmd for pid, _, cmd in procs.processes()}
+    assert "-m mdir.dev.s3 --port" in cmdlines[s3_server.pids[0]]
+    assert f"--port {s3_server.port}" in cmdlines[s3_server.pids[0]]
+
+
+def test_service_from_state_rebuilds_each_kind_and_refuses_others(tmp_path):
+    cases = {
+        "s3": (S3Server, {"port": 9001, "credentials_file": "/c"}),
+        "mlflow": (MLflowServer, {"port": 9002, "backend_uri": "sqlite:///x.db"}),
+        "ray": (RayHead, {"gcs_port": 9003, "dashboard_port": 9004, "temp_dir": "/t"}),
+    }
+    for kind, (cls, extra) in cases.items():
+        f = tmp_path / f"{kind}.json"
+        f.write_text(json.dumps({"kind": kind, "state_file": str(f), "pids": [1], "pgid": 1,
+                                 "from_a_newer_version": True, **extra}))  # fmt: skip
+        svc = service_from_state(f)
+        assert type(svc) is cls and svc.pids == [1]
+        assert all(getattr(svc, k) == v for k, v in extra.items())
+    (tmp_path / "odd.json").write_text(json.dumps({"kind": "ftp", "state_file": "x"}))
+    (tmp_path / "broken.json").write_text("{not json")
+    for name in ("odd.json", "broken.json", "missing.json"):
+        assert service_from_state(tmp_path / name) is None
+        assert stop_from_state(tmp_path / name) is False
 
 
 # ---------------------------------------------------------------- demo up / down
@@ -184,7 +246,7 @@ class _FakeHealth:
     """A foreign HTTP server answering /health on a port (stands in for a user's MLflow)."""
 
     def __init__(self, tmp_path: Path):
-        self.port = services.free_port()
+        self.port = procs.free_port()
         code = (
             "import http.server, sys\n"
             "class H(http.server.BaseHTTPRequestHandler):\n"
@@ -197,7 +259,7 @@ class _FakeHealth:
             [sys.executable, "-c", code, str(self.port)], start_new_session=True
         )
         t0 = time.monotonic()
-        while services.http_status(f"http://127.0.0.1:{self.port}/health") != 200:
+        while procs.http_status(f"http://127.0.0.1:{self.port}/health") != 200:
             assert time.monotonic() - t0 < 30, "fake health server did not start"
             time.sleep(0.2)
 
@@ -239,7 +301,7 @@ def test_demo_up_then_down_stops_only_what_it_started(tmp_path):
         assert "reused, not ours" in r.stdout
         ray_state = json.loads((state / "ray.json").read_text())
         assert not (state / "mlflow.json").exists()  # not ours → no state file
-        head = services.RayHead(**{k: v for k, v in ray_state.items() if k != "kind"})
+        head = RayHead.from_state(ray_state)
         assert head.healthy()
         pids = head.alive_pids()
         assert pids
@@ -254,11 +316,11 @@ def test_demo_up_then_down_stops_only_what_it_started(tmp_path):
             [*base, "down", *opts], capture_output=True, text=True, timeout=120, env=env
         )
         assert r.returncode == 0, r.stdout + r.stderr
-        assert not [p for p in pids if services.pid_alive(p)]
-        assert not services.port_open(head.gcs_port)
+        assert not [p for p in pids if procs.pid_alive(p)]
+        assert not procs.port_open(head.gcs_port)
         assert not (state / "ray.json").exists()
         assert foreign.proc.poll() is None  # the server we did not start is untouched
-        assert services.http_status(f"http://127.0.0.1:{foreign.port}/health") == 200
+        assert procs.http_status(f"http://127.0.0.1:{foreign.port}/health") == 200
     finally:
         subprocess.run([*base, "down", *opts], capture_output=True, timeout=120, env=env)
         foreign.stop()

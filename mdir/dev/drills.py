@@ -1,7 +1,7 @@
 """Fault drills on the local services (``make drills``): what an operator would try, measured.
 
 Each drill starts from the same place — a private Ray head (token auth, 127.0.0.1), an MLflow
-server (SQLite) and a moto S3 server, all from :mod:`mdir.services` in a temporary state dir,
+server (SQLite) and a moto S3 server, all from :mod:`mdir.dev` in a temporary state dir,
 and a small synthetic dataset — injects one fault into a real run of a tiny CycleGAN job
 (``jobs/cyclegan.py``, 2 Ray Train workers), and records what happened in numbers. The table
 goes to ``docs/reliability.md`` (and JSON beside it); the README links to it.
@@ -34,7 +34,10 @@ from typing import Any
 
 import typer
 
-from mdir import runtime, services
+from mdir import runtime
+from mdir.dev.mlflow_server import MLflowServer, start_mlflow
+from mdir.dev.ray_head import RayHead, start_ray_head
+from mdir.dev.s3 import S3Server, start_s3
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "jobs" / "configs" / "test_tiny.yaml"
@@ -67,9 +70,9 @@ class Lab:
     """The services and data every drill uses."""
 
     state: Path
-    head: services.RayHead
-    mlflow: services.MLflowServer
-    s3: services.S3Server
+    head: RayHead
+    mlflow: MLflowServer
+    s3: S3Server
     data: str
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -144,7 +147,7 @@ def reached(run: JobRun, step: int) -> Callable[[], bool]:
     return lambda: any(s >= step for _, s in run.steps()) or run.proc.poll() is not None
 
 
-def train_worker_pids(head: services.RayHead) -> list[int]:
+def train_worker_pids(head: RayHead) -> list[int]:
     """Pids of this head's Ray Train worker processes (children of its raylet)."""
     raylets = {p for p, c in head.ray_pids() if "raylet/raylet" in c}
     out = []
@@ -260,7 +263,7 @@ def drill_mlflow_outage(lab: Lab, outage_s: float = 30.0) -> Row:
     os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(-pgid, os.WNOHANG)
-    lab.mlflow = services.start_mlflow(lab.state / "mlflow", lab.mlflow.port, reuse_foreign=False)
+    lab.mlflow = start_mlflow(lab.state / "mlflow", lab.mlflow.port, reuse_foreign=False)
     t_back = time.monotonic()
     rc = finish(run)
     res = run.result() or {}
@@ -514,9 +517,9 @@ def _silent_listener() -> tuple[socket.socket, int]:
 def open_lab(state: Path) -> Lab:
     from mdir.data.synth import synthesize
 
-    s3 = services.start_s3(state / "s3")
-    mlflow = services.start_mlflow(state / "mlflow", reuse_foreign=False)
-    head = services.start_ray_head(state / "ray", num_cpus=4, env=s3.env)
+    s3 = start_s3(state / "s3")
+    mlflow = start_mlflow(state / "mlflow", reuse_foreign=False)
+    head = start_ray_head(state / "ray", num_cpus=4, env=s3.env)
     data = str(state / "data")
     synthesize(data, conditions=["day", "night"], size=32, places=4, poses_per_place=4, seed=0)
     return Lab(state=state, head=head, mlflow=mlflow, s3=s3, data=data)

@@ -12,13 +12,13 @@ With a random-init extractor the seed makes every worker's network identical.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from mdir.metrics.fid import GaussianStats
+from mdir.runtime import forward_env
 
 ImageSource = np.ndarray | Sequence[str]
 """uint8 images [N, H, W, 3] or a list of image file paths."""
@@ -103,7 +103,7 @@ def extract_features_distributed(
     chunks = [(i, s) for i, s in enumerate(range(0, n, chunk_size))]
     threads = max(1, int(cpus_per_worker))
     actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(FeatureWorker)
-    env = {k: v for k in ("MDIR_INCEPTION_WEIGHTS", "MDIR_CACHE_DIR") if (v := os.environ.get(k))}
+    env = forward_env()  # MDIR_INCEPTION_WEIGHTS, MDIR_CACHE_DIR, ... (mdir.runtime's one list)
     actors = [
         actor_cls.options(runtime_env={"env_vars": env} if env else None).remote(
             extractor_kwargs, threads

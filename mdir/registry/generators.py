@@ -8,7 +8,8 @@ H and W; param ``max_pixels``), pip requirements pinned to the installed runtime
 registers it as ``mdir-<method>-<dataset>`` with an alias (``candidate`` after training;
 Tune moves ``champion``). `load_translator` gives other code (``mdir eval gan --model``,
 retrieval augmentation, Tune) a `Translator` built from the same two artifacts, loaded
-with safetensors and pydantic only — ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` is set.
+with safetensors and pydantic only; both set ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``
+when unset (`mdir.runtime.mlflow_client_defaults`) before talking to MLflow.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mdir.methods.specs import get_spec, parse_method_config
 from mdir.methods.tile_norm import translate_shared_norms
 from mdir.registry.aliases import resolve_model, set_version_tag
 from mdir.registry.uri import alias_uri, is_model_uri
+from mdir.runtime import mlflow_client_defaults
 
 PYFUNC_FILE = str(Path(__file__).with_name("pyfunc_model.py"))
 MODEL_NAME_IN_RUN = "generator"
@@ -64,8 +66,6 @@ def copy_package_code(dest: Path) -> Path:
         shutil.copy2(src, target)
     return out
 
-
-os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
 
 def signature_for(method: str):
@@ -172,6 +172,7 @@ def register_generator(
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    mlflow_client_defaults()
     client = client or MlflowClient()
     mlflow.set_tracking_uri(client.tracking_uri)
     name = model_name or cfg.model_name()
@@ -286,6 +287,7 @@ def load_translator(model_uri: str, device: torch.device | str = "cpu") -> Trans
 
     from mdir.methods import build_generator
 
+    mlflow_client_defaults()
     version, run_id = resolve_version(model_uri)
     with tempfile.TemporaryDirectory(prefix="mdir-load-") as d:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=d)

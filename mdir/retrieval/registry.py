@@ -11,7 +11,6 @@ version points at that artifact directory (``runs:/<run>/retrieval_model``).
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,9 @@ import torch
 
 from mdir.registry.aliases import resolve_model
 from mdir.registry.uri import alias_uri
+from mdir.runtime import mlflow_client_defaults
 
 MODEL_ARTIFACT = "retrieval_model"
-# artifact download bars would interleave with job logs and `--json` output
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def save_model_files(model: Any, directory: Path, extra_meta: dict[str, Any] | None = None) -> Path:
@@ -72,6 +70,7 @@ def log_and_register(
     """Log the model files to `run_id`; register as `name` with `alias` → ``models:/name@alias``."""
     from mlflow import MlflowClient
 
+    mlflow_client_defaults()
     client = MlflowClient()
     with tempfile.TemporaryDirectory() as tmp:
         d = save_model_files(model, Path(tmp) / MODEL_ARTIFACT, extra_meta)
@@ -99,6 +98,7 @@ def load_registered_model(
     if p.is_dir():
         model, doc = load_model_files(p, device)
         return model, {**doc, "model_uri": uri, "version": None}
+    mlflow_client_defaults()
     resolved = resolve_model(uri, field="--model")
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=f"runs:/{resolved.run_id}/{MODEL_ARTIFACT}"

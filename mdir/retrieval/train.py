@@ -24,7 +24,6 @@ in the final checkpoint; the driver (`run_training`) logs and registers it.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import tempfile
@@ -40,6 +39,7 @@ import torch
 from mdir.config import dump_config
 from mdir.registry.aliases import ResolvedModel, resolve_model
 from mdir.retrieval.augment import GanAugmenter
+from mdir.retrieval.checkpoint import load_checkpoint, save_checkpoint
 from mdir.retrieval.config import RetrievalJobConfig
 from mdir.retrieval.data import Images, SplitData, open_split, to_device
 from mdir.retrieval.descriptors import extract
@@ -333,26 +333,6 @@ def _make_augmenter(
     return aug, info
 
 
-def _save_checkpoint(directory: Path, model, optimizer, scheduler, epoch: int, state: dict) -> None:
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    # the training state never includes Lw: a resumed run re-learns it from the trained trunk
-    save_file(
-        {
-            k: v.detach().cpu().contiguous()
-            for k, v in model.state_dict().items()
-            if not k.startswith("net.whiten.")
-        },
-        str(directory / "model.safetensors"),
-    )
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-        directory / "optim.pt",
-    )
-    (directory / "state.json").write_text(json.dumps({"epoch": epoch, **state}))
-
-
 @dataclass
 class WorkerEnv:
     """What the loop needs from its runtime: Ray Train workers, or this process (`--local`)."""
@@ -469,15 +449,8 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
     start_epoch, history = 0, []
     plan: list[dict[str, Any]] = []
     if env.resume_from is not None:  # resume (worker restart or re-submitted run name)
-        from safetensors.torch import load_file
-
         with env.resume_from() as cd:
-            cd = Path(cd)
-            model.load_state_dict(load_file(str(cd / "model.safetensors")))
-            opt = torch.load(cd / "optim.pt", weights_only=True)
-            optimizer.load_state_dict(opt["optimizer"])
-            scheduler.load_state_dict(opt["scheduler"])
-            st = json.loads((cd / "state.json").read_text())
+            st = load_checkpoint(cd, model, optimizer, scheduler, rank)
             start_epoch, history = st["epoch"] + 1, st.get("history", [])
             if augmenter is not None and "augment" in st:
                 augmenter.counter.seen = st["augment"]["seen"]
@@ -600,7 +573,7 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
             break
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
-                _save_checkpoint(Path(tmp), model, optimizer, scheduler, epoch, state)
+                save_checkpoint(tmp, model, optimizer, scheduler, epoch, state)
             env.report(epoch_metrics, tmp if rank == 0 else None)
     prefetch.shutdown()
 
@@ -645,13 +618,14 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
         out["descriptors"] = {"rows": eval_set.data.ids.tolist(), "vecs": vecs.tolist()}
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
-            st = {"history": history, "final": True}
-            _save_checkpoint(Path(tmp), model, optimizer, scheduler, cfg.optim.epochs - 1, st)
             from mdir.retrieval.registry import save_model_files
 
             save_model_files(
                 model, Path(tmp) / FINAL_DIR, {"metrics": metrics, "generator": gen_info}
             )
+            # written after the model files: the manifest (written last) covers them too
+            st = {"history": history, "final": True}
+            save_checkpoint(tmp, model, optimizer, scheduler, cfg.optim.epochs - 1, st)
         env.report(metrics, tmp if rank == 0 else None)
     return out
 

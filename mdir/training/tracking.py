@@ -29,13 +29,11 @@ log = logging.getLogger("mdir.training.tracking")
 
 
 def configure_http(timeout_s: float, max_retries: int) -> None:
-    """Bound every MLflow REST call of this process (read by MLflow at call time)."""
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, int(round(timeout_s))))
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
-    # Never unpickle model files fetched from the server.
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    """Bound every MLflow REST call of this process (read by MLflow at call time) and never
+    unpickle model files fetched from the server (`mdir.runtime.mlflow_client_env`)."""
+    from mdir.runtime import configure_mlflow_client
+
+    configure_mlflow_client(timeout_s, max_retries)
 
 
 class Tracker:

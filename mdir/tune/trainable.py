@@ -141,6 +141,7 @@ def _run_toy(space: Any, trial: Any, sweep: dict[str, Any], trial_id: str) -> No
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from mdir.runtime import worker_runtime_env
     from mdir.training.checkpoint import SCORE_KEY
     from mdir.tune.space import trial_config
     from mdir.tune.toy import best_reported, register_toy_generator, toy_settings, toy_train_loop
@@ -176,7 +177,9 @@ def _run_toy(space: Any, trial: Any, sweep: dict[str, Any], trial_id: str) -> No
                 checkpoint_score_attribute=SCORE_KEY,
                 checkpoint_score_order="max",
             ),
-            worker_runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": sweep["tracking_uri"] or ""}},
+            worker_runtime_env=worker_runtime_env(
+                {"MLFLOW_TRACKING_URI": sweep["tracking_uri"] or ""}
+            ),
         ),
     )
     result = trainer.fit()
