@@ -105,8 +105,8 @@ def _post(port: int, body: dict) -> dict:
 def test_registered_model_carries_its_code_and_serves(mlflow_server, tmp_path, monkeypatch):
     import mlflow
 
+    from mdir.dev.procs import free_port
     from mdir.registry.generators import load_translator
-    from mdir.services import free_port
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.chdir(REPO)  # where MLflow would find mdir's uv.lock, were it looking

@@ -67,7 +67,6 @@ def copy_package_code(dest: Path) -> Path:
     return out
 
 
-
 def signature_for(method: str):
     """TensorSpec signature with -1 for batch / H / W (a method whose spec needs a reference,
     like MDUIT: named images + reference) and the param ``max_pixels`` (tiling threshold)."""
