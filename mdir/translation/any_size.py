@@ -1,0 +1,60 @@
+"""The one place dataset translation calls the generator: uint8 HWC images in, uint8 HWC out,
+each at its stored size.
+
+Until `mdir.methods.anysize.translate_any_size` (reflection padding to the stride multiple,
+tiles above a pixel budget) lands, this calls `Translator.translate` on each image at its
+stored size; an image the network cannot take at that size (a U-Net needs sides divisible by
+2^num_downs) raises, and the caller counts the row as bad. Switching to any-size translation
+is a change to this function only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class Translates(Protocol):
+    def translate(self, images: Tensor, reference: Tensor | None = None) -> Tensor: ...
+
+
+def to_unit(image: np.ndarray) -> Tensor:
+    """uint8 [H, W, 3] → float [1, 3, H, W] in [-1, 1]."""
+    return (
+        torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    )
+
+
+def to_uint8(t: Tensor) -> np.ndarray:
+    """float [1, 3, H, W] in [-1, 1] → uint8 [H, W, 3], rounded once."""
+    x = t.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x[0].permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def translate_uint8(
+    translator: Translates, images: Sequence[np.ndarray], reference: Tensor | None = None
+) -> list[np.ndarray | Exception]:
+    """Translate each image at its own size (same-size images share one forward pass);
+    an image that fails comes back as its exception, in its place."""
+    out: list[np.ndarray | Exception] = [ValueError("not translated")] * len(images)
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        by_size.setdefault(tuple(im.shape), []).append(i)
+    for idx in by_size.values():
+        try:
+            x = torch.cat([to_unit(images[i]) for i in idx])
+            ref = None if reference is None else reference.expand(len(idx), -1, -1, -1)
+            y = translator.translate(x, ref)
+            if y.shape != x.shape:
+                raise ValueError(f"output {tuple(y.shape[-2:])} ≠ input {tuple(x.shape[-2:])}")
+            for j, i in enumerate(idx):
+                out[i] = to_uint8(y[j : j + 1])
+        except Exception as e:  # one bad size must not lose the others
+            for i in idx:
+                out[i] = e
+    return out
