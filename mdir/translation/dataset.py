@@ -5,9 +5,10 @@ condition except the target ``to``), sorted by id — are cut into chunks of
 `rows_per_shard`; chunk i becomes ``shards/part-<i>-<digest>.parquet``, the digest hashing
 the chunk's row ids and source checksums, the model version, the target and the reference.
 
-Run: Ray Data items (a row group and ≤ batch_size of its rows still to do) → a read stage
-(tasks) → `map_batches` on an actor pool of `TranslateActor` (one model load per actor; one
-GPU each when the cluster has GPUs, else CPU actors) → the driver collects translated rows per chunk and writes a chunk's shard as
+Run: Ray Data items (a source row group and ≤ batch_size of its rows still to do) →
+`map_batches` on an actor pool of `TranslateActor` (one model load per actor; each reads its
+items' rows, decodes, translates, encodes; one GPU each when the cluster has GPUs, else CPU
+actors) → the driver collects translated rows per chunk and writes a chunk's shard as
 soon as all its rows came back, like ingest:
 
 * atomic — temporary name, then rename; the manifest is written last;
@@ -106,15 +107,17 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 class TranslateActor:
-    """One Ray Data actor: loads the registered generator once, then translates batches of
-    source rows (pyarrow) into rows of `OUT_SCHEMA`. Rows whose id is not in `todo` are
-    dropped here (resume), before their images are decoded."""
+    """One Ray Data actor: loads the registered generator once, then reads and translates
+    batches of work items (a source row group and positions in it, see `read_items`) into
+    rows of `OUT_SCHEMA`. Reading here rather than in a separate task stage keeps the
+    image bytes out of the object store and leaves no stage waiting for CPUs the actors
+    hold."""
 
     def __init__(
         self,
         model_uri: str,
         device: str,
-        todo: np.ndarray,
+        source_uri: str,
         reference_png: bytes | None = None,
         threads: int = 1,
     ) -> None:
@@ -126,17 +129,14 @@ class TranslateActor:
 
         torch.set_num_threads(max(1, threads))
         self.translator = load_translator(model_uri, device=device)
-        self.todo = pa.array(np.asarray(todo, dtype=np.int64))
+        self.source_uri = source_uri
         self.reference = None if reference_png is None else to_unit(decode_rgb(reference_png))
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow.compute as pc
-
+    def __call__(self, items: pa.Table) -> pa.Table:
         from mdir.data.images import decode_rgb
         from mdir.translation.any_size import translate_uint8
 
-        batch = batch.filter(pc.is_in(batch["id"], value_set=self.todo))
-        rows = batch.to_pylist()
+        rows = read_rows(items, self.source_uri).to_pylist()
         images: list[np.ndarray] = []
         ok: list[int] = []
         errors: dict[int, tuple[str, str]] = {}
@@ -195,7 +195,7 @@ def read_items(manifest: Manifest, todo: set[int], rows_per_item: int) -> list[d
 
 
 def read_rows(batch: pa.Table, uri: str) -> pa.Table:
-    """Ray Data read stage: the `READ_COLUMNS` of each item's rows (one row group each)."""
+    """The `READ_COLUMNS` of each work item's rows (one row group each)."""
     import pyarrow.parquet as pq
 
     fs, _ = io.get_fs(uri)
@@ -386,23 +386,15 @@ def translate_dataset(
         items = read_items(src_manifest, set(chunk_of), batch_size)
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
-            read_rows,
-            batch_size=None,
-            batch_format="pyarrow",
-            fn_kwargs={"uri": src_manifest.uri},
-            compute=ray.data.TaskPoolStrategy(size=n_actors),
-            num_cpus=0.25,
-        )
-        ds = ds.map_batches(
             TranslateActor,
             fn_constructor_kwargs={
                 "model_uri": pinned,
                 "device": device,
-                "todo": np.fromiter(chunk_of, dtype=np.int64, count=len(chunk_of)),
+                "source_uri": src_manifest.uri,
                 "reference_png": reference,
                 "threads": 1,
             },
-            batch_size=None,  # one read item (≤ batch_size rows) per call
+            batch_size=None,  # one work item (≤ batch_size rows) per call
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=n_actors),
             num_cpus=1,
