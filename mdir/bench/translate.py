@@ -5,7 +5,8 @@ eager PyTorch.
    towards night) go through `mdir data translate` (`translate_dataset`, `--actors` CPU
    actors) and through a plain single-process loop doing the same work per image (read the
    shards, decode, translate at the stored size, encode PNG, write one shard) with torch's
-   default threads. Both measured side by side in one run; the Ray side is timed from the
+   default threads (``ratio``) and with one torch thread (``ratio_vs_1_thread``: on a busy
+   machine OpenMP threads spin-waiting for a core slow the default loop down). Both measured side by side in one run; the Ray side is timed from the
    call to the manifest (actor start-up and model loads included), Ray's own start-up
    (`ray_init_s`) is not (a cluster has it up). ``ratio`` = Ray images/s ÷ plain images/s.
 2. Latency: the registered generator exported to ONNX (`mdir.registry.export`) and run with
@@ -186,6 +187,13 @@ def bench_translate(
     t = time.perf_counter()
     n_plain = plain_loop(src, f"{tmp}/plain", model_uri, ["day", "dusk"], "night", batch_size)
     plain_s = time.perf_counter() - t
+    default_threads = torch.get_num_threads()
+    say("plain loop, 1 torch thread …")
+    torch.set_num_threads(1)  # no OpenMP spin-waiting for a core another process holds
+    t = time.perf_counter()
+    plain_loop(src, f"{tmp}/plain1", model_uri, ["day", "dusk"], "night", batch_size)
+    plain1_s = time.perf_counter() - t
+    torch.set_num_threads(default_threads)
     say(f"mdir data translate with {actors} actors …")
     t = time.perf_counter()
     res = translate_dataset(
@@ -209,7 +217,11 @@ def bench_translate(
         "plain": {
             "seconds": round(plain_s, 2),
             "images_per_s": round(n_plain / plain_s, 2),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": default_threads,
+        },
+        "plain_1_thread": {
+            "seconds": round(plain1_s, 2),
+            "images_per_s": round(n_plain / plain1_s, 2),
         },
         "ray": {
             "actors": res.actors,
@@ -218,6 +230,7 @@ def bench_translate(
             "ray_init_s": round(ray_init_s, 2),
         },
         "ratio": round((res.translated / ray_s) / (n_plain / plain_s), 3),
+        "ratio_vs_1_thread": round(plain1_s / ray_s, 3),
         "onnx_vs_eager": latency,
         "load_avg_1_5_15": load,
     }
@@ -226,7 +239,9 @@ def bench_translate(
         typer.echo(
             f"translate {n_plain} images {size}px: plain {result['plain']['images_per_s']} img/s, "
             f"Ray Data {res.actors} actors {result['ray']['images_per_s']} img/s → "
-            f"ratio {result['ratio']}× (load avg {load['before']} → {load['after_throughput']})"
+            f"ratio {result['ratio']}× (vs the plain loop on 1 torch thread, "
+            f"{result['plain_1_thread']['images_per_s']} img/s: {result['ratio_vs_1_thread']}×; "
+            f"load avg {load['before']} → {load['after_throughput']})"
         )
         for s in latency:
             if s.endswith("px"):
