@@ -183,3 +183,36 @@ def test_augment_config_sources_are_exclusive():
     assert AugmentConfig(dataset="/data/night").dataset == "/data/night"
     with pytest.raises(ValidationError, match="exclusive"):
         AugmentConfig(generator="models:/g@candidate", dataset="/data/night")
+
+
+def test_retrieval_job_reads_translations_and_records_their_model(
+    mlflow_server, ray_cluster, tmp_path
+):
+    """A local retrieval run with ``augment.dataset``: translations are applied (counted) and
+    the run records the dataset's model name and version."""
+    import ray
+    from mlflow import MlflowClient
+
+    from mdir.data.synth import synthesize
+    from mdir.retrieval.train import run_training
+    from mdir.translation.dataset import translate_dataset
+    from tests.test_retrieval_job import _cfg
+
+    src = str(tmp_path / "rsynth")
+    synthesize(src, places=8, size=32, seed=0, poses_per_place=4)
+    uri = register_tiny("cyclegan", tmp_path, seed=5)
+    name = uri.split(":/")[1].split("@")[0]
+    if not ray.is_initialized():
+        ray_cluster.init()
+    night = str(tmp_path / "rsynth-night")
+    translate_dataset(src, night, uri, to="night", conditions=["day", "dusk", "snow"])
+
+    r = run_training(_cfg(src, tmp_path, augment__dataset=night), local=True)
+    seen, applied = r.augment["seen"], r.augment["applied"]
+    assert seen == 2 * 2 * 7 and 0 < applied < seen  # every tuple image has a translation
+    run = MlflowClient().get_run(r.run_id)
+    assert run.data.tags["augment.dataset_model_name"] == name
+    assert run.data.tags["augment.dataset_model_version"] == "1"
+    assert run.data.tags["augment.dataset_uri"] == night
+    assert run.data.params["augment.dataset_model_version"] == "1"
+    assert run.data.metrics["augment/applied"] == applied

@@ -174,7 +174,7 @@ def translation_provenance(uri: str) -> dict[str, str]:
             "its manifest); write one with `mdir data translate`"
         )
     return {
-        "dataset_uri": uri,
+        "uri": uri,
         "model_uri": str(tr.get("model_uri")),
         "model_name": str(tr.get("model_name")),
         "model_version": str(tr.get("model_version")),
