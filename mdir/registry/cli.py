@@ -155,3 +155,53 @@ def list_cmd(
         metrics = ", ".join(f"{k}={v}" for k, v in sorted(r["metrics"].items()))
         t.add_row(r["name"], r["version"], ",".join(r["aliases"]), str(r["run_id"])[:12], metrics)
     Console().print(t)
+
+
+@app.command("export")
+def export_cmd(
+    model_uri: Annotated[
+        str, typer.Argument(help="Registered model, e.g. models:/mdir-cyclegan-synth@champion.")
+    ],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="onnx (ONNX Runtime and friends) or pt2 (a torch.export program; load it "
+            "with torch.export.load).",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created).")],
+    log_to_run: Annotated[
+        bool,
+        typer.Option("--log-to-run", help="Also log the file to the model version's MLflow run."),
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help="Measure parity: max |exported − eager| at 256×256 and 512×384.",
+        ),
+    ] = True,
+) -> None:
+    """Export a registered generator with dynamic height and width (MDUIT: inputs images +
+    reference). Writes `<name>-v<version>.<format>` and `export.json` into OUT and prints
+    the parity measured against eager PyTorch."""
+    from mdir.registry.export import FORMATS, ExportError, export_model
+    from mdir.registry.uri import ModelNotFoundError
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    typer.echo(f"exporting {model_uri} to {fmt} …", err=True)
+    try:
+        res = export_model(model_uri, fmt, out, check=check, log_to_run=log_to_run)  # type: ignore[arg-type]
+    except (ExportError, ModelNotFoundError) as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    dims = "; ".join(f"{k}: {', '.join(v)}" for k, v in res.dynamic.items())
+    typer.echo(f"{res.path} ({res.method}, version {res.version}; dynamic {dims}; {res.seconds} s)")
+    for size, diff in res.parity.items():
+        shown = f"{diff:.3g}" if isinstance(diff, float) else diff
+        typer.echo(f"  parity {size}: max |exported − eager| = {shown}")
+    if res.logged_to:
+        typer.echo(f"  logged to {res.logged_to}")

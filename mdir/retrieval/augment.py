@@ -111,9 +111,11 @@ class GanAugmenter:
         eligible: Sequence[bool] | np.ndarray | None = None,
         uniforms: np.ndarray | None = None,
         ref_rng: np.random.Generator | None = None,
+        ids: Sequence[int] | np.ndarray | None = None,
     ) -> tuple[Tensor | list[Tensor], np.ndarray]:
         """images [B,3,H,W] (or a list of [3,H,W]) in [-1,1] → (augmented images of the same
-        kind, bool mask of translated rows).
+        kind, bool mask of translated rows). (`ids`, the images' dataset row ids, is for
+        `DatasetAugmenter`; unused here.)
 
         `uniforms` [B] in [0, 1) replaces the private draws: the training loop draws them for
         the whole global batch from a (seed, epoch, step) generator and hands each rank its
@@ -171,6 +173,91 @@ class GanAugmenter:
         return out, mask
 
 
+def translation_provenance(uri: str) -> dict[str, str]:
+    """Model name / version / URI recorded by `mdir data translate` in a translated dataset's
+    manifest; raises ValueError naming ``augment.dataset`` when it is not one."""
+    from mdir.data.manifest import read_manifest
+
+    tr = read_manifest(uri).extra.get("translation")
+    if not tr:
+        raise ValueError(
+            f"augment.dataset: {uri!r} is not a translated dataset (no extra.translation in "
+            "its manifest); write one with `mdir data translate`"
+        )
+    return {
+        "uri": uri,
+        "model_uri": str(tr.get("model_uri")),
+        "model_name": str(tr.get("model_name")),
+        "model_version": str(tr.get("model_version")),
+        "to": str(tr.get("to")),
+    }
+
+
+class DatasetAugmenter(GanAugmenter):
+    """GAN augmentation from a translated dataset (``augment.dataset``): the same draws as
+    `GanAugmenter`, but a selected image is replaced by the stored translation of its
+    dataset row id (``mdir data translate`` keeps the source id), loaded by `load` at the
+    training size. Rows without a translation are never selected."""
+
+    def __init__(
+        self,
+        load: Callable[[list[int]], Tensor],
+        available: Sequence[int] | np.ndarray,
+        probability: float = 0.15,
+        seed: int = 0,
+    ) -> None:
+        self.load = load
+        self.available = np.asarray(sorted(int(i) for i in available), dtype=np.int64)
+        self.probability = probability
+        self.needs_reference = False
+        self.rng = np.random.default_rng(seed)
+        self.counter = AugmentCounter()
+
+    def has_translation(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        return np.isin(np.asarray(ids, dtype=np.int64), self.available)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images: Tensor | list[Tensor],
+        eligible: Sequence[bool] | np.ndarray | None = None,
+        uniforms: np.ndarray | None = None,
+        ref_rng: np.random.Generator | None = None,
+        ids: Sequence[int] | np.ndarray | None = None,
+    ) -> tuple[Tensor | list[Tensor], np.ndarray]:
+        if ids is None:
+            raise ValueError("DatasetAugmenter needs the images' dataset row ids (`ids`)")
+        b = len(images)
+        ids = np.asarray(ids, dtype=np.int64)
+        ok = np.ones(b, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+        ok = ok & self.has_translation(ids)
+        u = self.rng.random(b) if uniforms is None else np.asarray(uniforms, dtype=np.float64)
+        mask = (u < self.probability) & ok
+        self.counter.seen += int(ok.sum())
+        if not mask.any():
+            return images, mask
+        try:
+            out = self.load(ids[mask].tolist())
+            picked = list(out) if isinstance(out, list) else list(out.unbind(0))
+            rows = np.flatnonzero(mask)
+            for i, x in zip(rows, picked, strict=True):
+                if tuple(x.shape) != tuple(images[i].shape):
+                    raise ValueError(f"translation of row {ids[i]} has shape {tuple(x.shape)}")
+        except Exception:  # an unreadable or mismatched translation must not kill a long job
+            self.counter.failed += int(mask.sum())
+            return images, np.zeros(b, dtype=bool)
+        if isinstance(images, list):
+            images = list(images)
+            for i, x in zip(rows, picked, strict=True):
+                images[i] = x.to(images[i].device, images[i].dtype)
+        else:
+            images = images.clone()
+            idx = torch.from_numpy(rows).to(images.device)
+            images[idx] = torch.stack(picked).to(images.device, images.dtype)
+        self.counter.applied += int(mask.sum())
+        return images, mask
+
+
 __all__ = [
-    "AugmentCounter", "GanAugmenter", "Translator", "reflect_pad_to_multiple", "translate_padded",
+    "AugmentCounter", "DatasetAugmenter", "GanAugmenter", "Translator", "reflect_pad_to_multiple", "translate_padded", "translation_provenance",
 ]  # fmt: skip

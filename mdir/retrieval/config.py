@@ -162,6 +162,22 @@ class AugmentConfig(StrictModel):
         default_factory=list,
         description="Only images of these conditions are translated (empty = every image, as in the thesis).",
     )
+    dataset: str | None = Field(
+        None,
+        description="A dataset written by `mdir data translate` from this job's data.uri: a selected "
+        "training image is replaced by its stored translation (same source id) instead of being "
+        "translated on the fly; images without one are not eligible. Exclusive with generator; "
+        "the run records the dataset's model name and version.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AugmentConfig:
+        if self.generator and self.dataset:
+            raise ValueError(
+                "augment.generator and augment.dataset are exclusive: translate on the fly "
+                "(generator) or read translations (dataset)"
+            )
+        return self
 
 
 class RetrievalEvalConfig(StrictModel):

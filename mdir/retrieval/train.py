@@ -99,6 +99,14 @@ def validate_before_launch(cfg: RetrievalJobConfig) -> ResolvedModel | None:
                 f"data.positives=pairs: no data.pairs_file and the manifest of {cfg.data.uri} "
                 f"has no query/positive pairs for split {cfg.data.train_split!r}"
             )
+    if cfg.augment.dataset:
+        from mdir.retrieval.augment import translation_provenance
+
+        try:
+            check_reachable(cfg.augment.dataset, manifest=True)
+            translation_provenance(cfg.augment.dataset)
+        except Exception as e:
+            raise LaunchError(f"augment.dataset: {e}") from e
     if not cfg.augment.generator:
         return None
     from mdir.registry.uri import ModelNotFoundError
@@ -157,11 +165,19 @@ def run_training(
                 "augment.generator_run_id": generator.run_id or "",
             }
         )
+    provenance = None
+    if cfg.augment.dataset:  # translations read from a dataset: record which model made them
+        from mdir.retrieval.augment import translation_provenance
+
+        provenance = translation_provenance(cfg.augment.dataset)
+        run_tags.update({f"augment.dataset_{k}": v for k, v in provenance.items()})
     run = client.create_run(exp_id, run_name=run_name or cfg.mlflow.run_name, tags=run_tags)
     run_id = run.info.run_id
     params = _flat_params(cfg)
     if generator:
         params["augment.generator_version"] = generator.version
+    if provenance:
+        params["augment.dataset_model_version"] = provenance["model_version"]
     for k, v in params.items():
         client.log_param(run_id, k, v)
     client.log_text(run_id, dump_config(cfg), "config.yaml")
@@ -297,6 +313,8 @@ def _contrastive(desc: torch.Tensor, tuple_len: int, margin: float) -> torch.Ten
 def _make_augmenter(
     loop_cfg: dict, cfg: RetrievalJobConfig, data: SplitData, rank: int, device
 ) -> tuple[GanAugmenter | None, dict]:
+    if cfg.augment.dataset:
+        return _dataset_augmenter(cfg, rank)
     uri = loop_cfg.get("generator")
     if not uri:
         return None, {}
@@ -330,6 +348,25 @@ def _make_augmenter(
         seed=cfg.seed * 1000 + rank,
     )
     info = {"uri": uri, "version": str(getattr(translator, "version", "")), "method": method}
+    return aug, info
+
+
+def _dataset_augmenter(cfg: RetrievalJobConfig, rank: int) -> tuple[GanAugmenter, dict]:
+    """`DatasetAugmenter` over the train split of ``augment.dataset`` (translations looked
+    up by source id, loaded at the training size like the source images)."""
+    from mdir.retrieval.augment import DatasetAugmenter, translation_provenance
+
+    uri = str(cfg.augment.dataset)
+    split = open_split(uri, cfg.data.train_split, cfg.data.train_max_side)
+    row_of = {int(i): r for r, i in enumerate(split.ids)}
+    aug = DatasetAugmenter(
+        lambda ids: split.load([row_of[int(i)] for i in ids]),
+        split.ids,
+        probability=cfg.augment.probability,
+        seed=cfg.seed * 1000 + rank,
+    )
+    prov = translation_provenance(uri)
+    info = {"uri": uri, "version": prov["model_version"], "method": "dataset:" + prov["model_name"]}
     return aug, info
 
 
@@ -518,7 +555,11 @@ def _train(loop_cfg: dict, env: WorkerEnv) -> dict[str, Any]:
                 ]
                 ref_rng = np.random.default_rng([cfg.seed, epoch, s, 8, rank])
                 images, _ = augmenter(
-                    images, eligible=eligible_rows[rows], uniforms=u, ref_rng=ref_rng
+                    images,
+                    eligible=eligible_rows[rows],
+                    uniforms=u,
+                    ref_rng=ref_rng,
+                    ids=data.ids[rows],
                 )
             desc = net(images)
             loss = _contrastive(desc, tuple_len, cfg.margin)
