@@ -67,12 +67,16 @@ def test_export_parity(method, mlflow_server, tmp_path, monkeypatch):
         assert set(meta["parity"]) == {"256x256", "512x384"}
         assert all(isinstance(v, float) and v <= TOL for v in meta["parity"].values()), meta
         assert "parity 512x384" in res.output
+        assert meta["network_mode"] == "eval"
+        # pix2pix's reference translates in train mode (dropout on): said in export.json
+        assert (meta["note"] is not None) == (method == "pix2pix"), meta["note"]
         batch = 2 if "batch" in meta["dynamic"]["images"] else 1
         if fmt == "pt2" or method != "mduit":
             assert batch == 2, f"{fmt} {method}: the batch should stay dynamic"
         for h, w in SIZES:
             x = _inputs(tr.needs_reference, h, w, batch)
-            eager = tr.translate(*x).numpy()
+            with torch.no_grad():  # the exported graph is the eval-mode network
+                eager = tr.generator.eval()(*x).numpy()
             got = _run_exported(fmt, path, x)
             assert got.shape == eager.shape == (batch, 3, h, w)
             diff = float(np.abs(got - eager).max())

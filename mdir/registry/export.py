@@ -68,6 +68,10 @@ class ExportResult:
     inputs: list[str]
     dynamic: dict[str, list[str]]
     parity: dict[str, float | str] = field(default_factory=dict)
+    #: the exported graph is the network in eval mode (deterministic); a method whose
+    #: reference translates in train mode (pix2pix: dropout on) is said so in `note`
+    network_mode: str = "eval"
+    note: str | None = None
     torch_version: str = torch.__version__
     seconds: float = 0.0
     logged_to: str | None = None
@@ -221,8 +225,8 @@ def parity(
         key = f"{h}x{w}"
         inputs = example_inputs(translator, h, w, batch, seed=h * 7919 + w)
         try:
-            eager = translator.translate(*inputs).cpu().numpy()
-        except ValueError as e:
+            eager = _eager_eval(translator, inputs).cpu().numpy()
+        except (ValueError, RuntimeError) as e:
             out[key] = f"not checked: the eager network refuses this size ({e})"
             continue
         exported = run(*(t.numpy() for t in inputs))
@@ -230,6 +234,18 @@ def parity(
             raise ExportError(f"{key}: exported output {exported.shape} ≠ eager {eager.shape}")
         out[key] = float(np.abs(exported - eager).max())
     return out
+
+
+@torch.no_grad()
+def _eager_eval(translator: Translator, inputs: tuple[Tensor, ...]) -> Tensor:
+    """The eager network as exported: eval mode, whatever the method's test-time mode."""
+    gen = translator.generator
+    was = gen.training
+    gen.eval()
+    try:
+        return gen(*inputs)
+    finally:
+        gen.train(was)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -270,6 +286,15 @@ def export_model(
         dynamic=_describe(input_names(tr), dynamic_batch),
         seconds=round(time.perf_counter() - t0, 2),
     )
+    from mdir.methods.specs import spec_of
+
+    if spec_of(tr.method_config).inference_train_mode(tr.method_config):
+        result.note = (
+            f"{tr.method} translates in train mode at test time (method.test_mode=train: "
+            "dropout on, batch statistics); the exported graph is the deterministic eval-mode "
+            "network"
+        )
+        log.warning("%s", result.note)
     if check:
         result.parity = parity(tr, fmt, path)
     if log_to_run:
