@@ -24,8 +24,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import pyarrow.parquet as pq
-
 from mdir.data import io
 from mdir.data.images import BadInput, prepare_image
 from mdir.data.layouts import BadRow, Item, get_layout
@@ -36,6 +34,7 @@ from mdir.data.shards import (
     existing_shard,
     read_shard,
     remove_stale_shards,
+    shard_meta,
     table_to_parquet_bytes,
 )
 
@@ -206,7 +205,7 @@ def ingest(
             t = read_shard(
                 io.join(out, SHARD_DIR, fname), ["condition", "condition_b", "split", "sha256"]
             )
-            meta = _shard_meta(io.join(out, SHARD_DIR, fname))
+            meta = shard_meta(io.join(out, SHARD_DIR, fname))
             for s in t["sha256"].to_pylist():
                 seen.add(s.replace(",", ""))
             skipped.update(meta.get("skipped", {}))
@@ -263,16 +262,6 @@ def ingest(
     remove_stale_shards(out, keep)
     manifest.uri = str(out).rstrip("/")
     return manifest
-
-
-def _shard_meta(uri: str) -> dict:
-    fs, path = io.get_fs(uri)
-    with fs.open(path, "rb") as f:
-        md = pq.read_schema(f).metadata or {}
-    try:
-        return json.loads(md.get(b"mdir", b"{}"))
-    except json.JSONDecodeError:
-        return {}
 
 
 __all__ = ["ingest", "hash_split", "stable_int"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -54,6 +55,18 @@ def existing_shard(root: str, name: str) -> ShardInfo | None:
         bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+def shard_meta(uri: str) -> dict:
+    """The ``mdir`` key-value metadata of a shard's Parquet schema (what ingest and
+    translation record there, e.g. bad-row counts), or {} when absent or unreadable."""
+    fs, path = io.get_fs(uri)
+    with fs.open(path, "rb") as f:
+        md = pq.read_schema(f).metadata or {}
+    try:
+        return json.loads(md.get(b"mdir", b"{}"))
+    except json.JSONDecodeError:
+        return {}
 
 
 def read_shard(uri: str, columns: list[str] | None = None) -> pa.Table:

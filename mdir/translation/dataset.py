@@ -50,6 +50,7 @@ from mdir.data.shards import (
     read_all,
     read_shard,
     remove_stale_shards,
+    shard_meta,
     table_to_parquet_bytes,
 )
 
@@ -244,18 +245,6 @@ def pick_reference(manifest: Manifest, to: str) -> tuple[int, bytes]:
     )
 
 
-def _shard_meta(uri: str) -> dict:
-    import pyarrow.parquet as pq
-
-    fs, path = io.get_fs(uri)
-    with fs.open(path, "rb") as f:
-        md = pq.read_schema(f).metadata or {}
-    try:
-        return json.loads(md.get(b"mdir", b"{}"))
-    except json.JSONDecodeError:
-        return {}
-
-
 def _translated_row(r: dict, to: str) -> dict:
     return {
         "id": r["id"],
@@ -373,7 +362,7 @@ def translate_dataset(
             todo_chunks[ci] = chunks[ci]
             continue
         uri = io.join(out, SHARD_DIR, fname)
-        account(ci, info, read_shard(uri, ["split"])["split"].to_pylist(), _shard_meta(uri))
+        account(ci, info, read_shard(uri, ["split"])["split"].to_pylist(), shard_meta(uri))
         reused += 1
     n_actors, gpus_per_actor, device = 0, 0.0, "cpu"
     written = 0
