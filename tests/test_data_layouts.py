@@ -77,6 +77,16 @@ def test_robotcar_seasons(tmp_path):
     ] == [5, 0, 0]
     assert by["snow/right/300.jpg"]["split"] == "query" and by["snow/right/300.jpg"]["pose"] is None
     assert set(m.conditions) == {"overcast-reference", "night", "snow", "night-rain"}
+    # MDUIT's training set: every image, the posed overcast reference map included
+    m2 = ingest(
+        str(src), str(tmp_path / "out2"), "robotcar_seasons",
+        layout_options={"val_fraction": 0.01},
+    )  # fmt: skip
+    by2 = {r["source"].split("images/")[1]: r for r in read_all(m2).to_pylist()}
+    assert {r["split"] for r in by2.values()} <= {"train", "val"}  # no db / query split
+    assert len(by2) == len(names)
+    assert by2["overcast-reference/rear/100.jpg"]["condition"] == "overcast-reference"
+    assert by2["night/rear/200.jpg"]["pose"][:3] == [5, 0, 0]
 
 
 def test_aachen(tmp_path):

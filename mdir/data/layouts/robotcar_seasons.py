@@ -28,6 +28,10 @@ Options (``-o KEY=VALUE``), defaults = the dataset as it is (what MDUIT uses):
   ``> 0`` = a GAN training set: every kept image → ``train`` / ``val``, per condition
   ``round(val_fraction · n)`` held out in a seeded hash order (``split_seed``).
 
+MDUIT's training set (its §4 "Dataset": positives and negatives come from the poses of the
+*reference* category, and source/target pairs are drawn over the whole image set):
+``-o val_fraction=0.05`` — every image, the posed overcast reference included, in
+``train`` / ``val``; evaluate localization on an ingest with the benchmark's splits.
 The thesis's set: ``-o camera=rear -o conditions=day_night -o val_fraction=0.1``. The
 options, the mapping and the split rule are recorded in ``manifest.extra["layout"]``.
 """
