@@ -105,6 +105,12 @@ class FakeMethod:
                     "params": vec,
                     "buffers": bufs,
                     "batch": int(batch["A"].shape[0]),
+                    "channels_last": bool(
+                        batch["A"].is_contiguous(memory_format=torch.channels_last)
+                        and next(self.networks["G"].parameters()).is_contiguous(
+                            memory_format=torch.channels_last
+                        )
+                    ),
                 },
                 os.path.join(self.dump_dir, f"rank{rank}.pt"),
             )

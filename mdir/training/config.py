@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mdir.config import ConfigError, StrictModel, apply_overrides, read_yaml, validate
 from mdir.data.config import DataConfig
@@ -99,6 +99,12 @@ class TrainSection(StrictModel):
         "most the split's size). FID/KID rankings on fewer images are noise-dominated: the "
         "default 2000 means min(2000, val split size).",
     )
+    channels_last: bool = Field(
+        False,
+        description="Networks and image batches in channels-last (NHWC) memory format; measured "
+        "1.02–1.15× on an H100 at batch 1 (docs/bench/step_*_h100.json), worth it with bf16 on "
+        "tensor cores. Same results as NCHW up to float rounding.",
+    )
     sync_batchnorm: bool = Field(
         False,
         description="Compute BatchNorm statistics over all workers' batches (pix2pix under DDP "
@@ -121,6 +127,12 @@ class TrainSection(StrictModel):
         description="Fail with an error naming the resources when a worker waits this long for "
         "one training batch (a starved or stuck data pipeline); 0 = wait forever.",
     )
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        """YAML 1.1 reads a bare ``off`` (``--set train.amp=off``) as false."""
+        return "off" if v is False else v
 
 
 class ScalingSection(StrictModel):

@@ -92,6 +92,16 @@ def wrap_networks(
                 )
 
 
+def to_channels_last(batch: dict[str, Any]) -> dict[str, Any]:
+    """Image tensors of a batch ([B, C, H, W] floats) in channels-last memory format."""
+    return {
+        k: v.contiguous(memory_format=torch.channels_last)
+        if isinstance(v, torch.Tensor) and v.dim() == 4 and v.is_floating_point()
+        else v
+        for k, v in batch.items()
+    }
+
+
 def unwrapped_networks(method: Any) -> dict[str, nn.Module]:
     return {k: ckpt.unwrap(v) for k, v in method.networks.items()}
 
@@ -138,6 +148,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         factory = get_method_factory(cfg.method.name)
     method = factory(cfg.method, device)
+    if cfg.train.channels_last:
+        for net in method.networks.values():
+            net.to(memory_format=torch.channels_last)
     wrap_networks(method, device, world, cfg.train.find_unused_parameters, cfg.train.sync_batchnorm)
     gen_module = ckpt.unwrap(method.generator())
     ema = GeneratorEMA(gen_module, cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -286,6 +299,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             lambda waited: stall_message(cfg, waited),
         )
         for batch in batches:
+            if cfg.train.channels_last:
+                batch = to_channels_last(batch)
             with amp:
                 losses = method.train_step(batch)
             if ema is not None:
