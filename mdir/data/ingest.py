@@ -35,7 +35,7 @@ from mdir.data.shards import (
     read_shard,
     remove_stale_shards,
     shard_meta,
-    table_to_parquet_bytes,
+    write_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -216,15 +216,7 @@ def ingest(
             res = _process_chunk(chunk, min_size, seen, workers)
             table = rows_to_table(res.rows)
             md = {"skipped": dict(res.skipped), "converted": dict(res.converted), "log": res.log}
-            table = table.replace_schema_metadata({b"mdir": json.dumps(md).encode()})
-            data = table_to_parquet_bytes(table)
-            io.write_bytes_atomic(io.join(out, SHARD_DIR, fname), data)
-            info = ShardInfo(
-                path=f"{SHARD_DIR}/{fname}",
-                rows=table.num_rows,
-                bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-            )
+            info = write_shard(out, fname, table, md)
             skipped.update(res.skipped)
             converted.update(res.converted)
             log_rows.extend(res.log)

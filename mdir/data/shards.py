@@ -27,9 +27,12 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_shard(root: str, name: str, table: pa.Table) -> ShardInfo:
-    """Write `table` to ``<root>/shards/<name>`` atomically; return its manifest entry."""
+def write_shard(root: str, name: str, table: pa.Table, meta: dict | None = None) -> ShardInfo:
+    """Write `table` to ``<root>/shards/<name>`` atomically; return its manifest entry.
+    `meta` goes into the Parquet schema's ``mdir`` key (read back by `shard_meta`)."""
     table = table.cast(SCHEMA)
+    if meta is not None:
+        table = table.replace_schema_metadata({b"mdir": json.dumps(meta).encode()})
     data = table_to_parquet_bytes(table)
     rel = f"{SHARD_DIR}/{name}"
     io.write_bytes_atomic(io.join(root, SHARD_DIR, name), data)

@@ -51,7 +51,7 @@ from mdir.data.shards import (
     read_shard,
     remove_stale_shards,
     shard_meta,
-    table_to_parquet_bytes,
+    write_shard,
 )
 
 log = logging.getLogger(__name__)
@@ -471,16 +471,7 @@ def _write_chunk(
         "skipped": dict(Counter(r["reason"] for r in bad)),
         "log": [{"id": r["id"], "reason": r["reason"], "detail": r["detail"]} for r in bad],
     }
-    table = rows_to_table([_translated_row(r, to) for r in good])
-    table = table.replace_schema_metadata({b"mdir": json.dumps(md).encode()})
-    data = table_to_parquet_bytes(table)
-    io.write_bytes_atomic(io.join(out, SHARD_DIR, fname), data)
-    info = ShardInfo(
-        path=f"{SHARD_DIR}/{fname}",
-        rows=table.num_rows,
-        bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
+    info = write_shard(out, fname, rows_to_table([_translated_row(r, to) for r in good]), md)
     return info, [r["split"] for r in good], md
 
 
