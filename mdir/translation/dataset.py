@@ -303,6 +303,7 @@ def translate_dataset(
     from mdir.registry.aliases import resolve_model
     from mdir.registry.generators import load_translator
     from mdir.registry.uri import is_model_uri
+    from mdir.runtime import worker_runtime_env
 
     t0 = time.perf_counter()
     conditions = list(conditions or [])
@@ -388,6 +389,10 @@ def translate_dataset(
             compute=ray.data.ActorPoolStrategy(size=n_actors),
             num_cpus=1,
             num_gpus=gpus_per_actor,
+            # the actors load the model from the driver's tracking server: a cluster started
+            # before MLFLOW_TRACKING_URI was set would otherwise give them MLflow's default
+            # (a local sqlite file, which concurrent actors race to create)
+            runtime_env=worker_runtime_env({"MLFLOW_TRACKING_URI": _tracking_uri()}),
         )
         done = 0
         total = len(chunk_of)
@@ -473,6 +478,12 @@ def _write_chunk(
     }
     info = write_shard(out, fname, rows_to_table([_translated_row(r, to) for r in good]), md)
     return info, [r["split"] for r in good], md
+
+
+def _tracking_uri() -> str:
+    import mlflow
+
+    return str(mlflow.get_tracking_uri())
 
 
 __all__ = ["TranslateActor", "TranslateResult", "TranslationInterrupted", "translate_dataset"]
