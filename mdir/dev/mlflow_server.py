@@ -16,7 +16,7 @@ from mdir.dev.procs import (
     venv_bin,
     wait_until,
 )
-from mdir.dev.service import Service, load_state
+from mdir.dev.service import Service
 from mdir.runtime import mlflow_client_env
 
 
@@ -63,12 +63,9 @@ def start_mlflow(
     """
     state_dir = Path(state_dir).absolute()
     state_file = state_dir / "mlflow.json"
-    old = load_state(state_file)
-    if old:
-        srv = MLflowServer.from_state(old)
-        if srv.healthy() and (port is None or srv.port == port):
-            return srv
-        srv.stop()
+    srv = MLflowServer.reuse(state_file, lambda s: port is None or s.port == port)
+    if srv is not None:
+        return srv
     if port is not None and port_open(port):
         foreign = MLflowServer(state_file=str(state_file), port=port, owned=False)
         if reuse_foreign and foreign.healthy():

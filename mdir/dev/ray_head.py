@@ -40,7 +40,7 @@ from mdir.dev.procs import (
     terminate,
     wait_until,
 )
-from mdir.dev.service import Service, load_state
+from mdir.dev.service import Service
 from mdir.runtime import (
     LOOPBACK_ENV,
     UV_HOOK_ENV,
@@ -332,12 +332,9 @@ def start_ray_head(
     """
     state_dir = Path(state_dir).absolute()
     state_file = state_dir / "ray.json"
-    old = load_state(state_file)
-    if old:
-        head = RayHead.from_state(old)
-        if head.healthy():
-            return head
-        head.stop()
+    head = RayHead.reuse(state_file)
+    if head is not None:
+        return head
     temp_dir = _ray_temp_dir(state_dir)
     temp_dir.mkdir(parents=True, exist_ok=True)
     token_dir = state_dir / "auth"

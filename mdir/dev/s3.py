@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdir.dev.procs import ServiceError, free_port, http_status, spawn, wait_until
-from mdir.dev.service import Service, load_state
+from mdir.dev.service import Service
 
 #: The keys moto accepts (any do); written to the credentials file, never to the env.
 TEST_CREDENTIALS = {
@@ -95,12 +95,9 @@ def start_s3(state_dir: str | Path, port: int | None = None, timeout: float = 60
     """Start (or reuse) a moto S3 server; state in ``<state_dir>/s3.json``, log ``s3.log``."""
     state_dir = Path(state_dir).absolute()
     state_file = state_dir / "s3.json"
-    old = load_state(state_file)
-    if old:
-        srv = S3Server.from_state(old)
-        if srv.healthy():
-            return srv
-        srv.stop()  # stale: kill leftovers of the group, drop the file
+    srv = S3Server.reuse(state_file)
+    if srv is not None:
+        return srv
     port = port or free_port()
     log = state_dir / "s3.log"
     creds = write_credentials_file(state_dir / "aws_credentials")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +52,21 @@ class Service:
         """The handle a state file describes (unknown keys from other versions ignored)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known and k != "kind"})
+
+    @classmethod
+    def reuse(
+        cls: type[S], state_file: str | Path, accept: Callable[[S], bool] = lambda s: True
+    ) -> S | None:
+        """The service a state file describes when it answers its health check (and
+        `accept`); a stale one is stopped (leftovers of its group killed, file dropped)."""
+        old = load_state(state_file)
+        if not old:
+            return None
+        srv = cls.from_state(old)
+        if srv.healthy() and accept(srv):
+            return srv
+        srv.stop()
+        return None
 
     def save(self) -> None:
         """Write the state file (only for services we own)."""
