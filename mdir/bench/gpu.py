@@ -34,7 +34,7 @@ import typer
 
 from mdir.bench.app import app
 from mdir.bench.common import write_json
-from mdir.bench.step import _batch, _bench_config, _build
+from mdir.bench.step import build_bench_method, method_bench_config, random_batch
 
 SETTINGS = ("fp32", "bf16_cl", "bf16_cl_compile")
 
@@ -67,8 +67,8 @@ def time_setting(
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    m = _build(method, cfg, _variant(setting), device)
-    b = _batch(method, size, batch, setting != "fp32", device)
+    m = build_bench_method(method, cfg, _variant(setting), device)
+    b = random_batch(method, size, batch, setting != "fp32", device)
     for _ in range(warmup):
         with _amp(setting, device):
             m.train_step(b)
@@ -100,7 +100,7 @@ def loss_track(
 
     from mdir.methods.specs import get_spec
 
-    m = _build(method, cfg, _variant(setting), device)
+    m = build_bench_method(method, cfg, _variant(setting), device)
     keys = get_spec(method).batch_keys
     track: dict[str, list[float]] = {}
     for k in range(steps):
@@ -171,7 +171,7 @@ def gpu_cmd(
     }
     t_start = time.perf_counter()
     for method in [m for m in methods.split(",") if m]:
-        cfg = _bench_config(method, lite)
+        cfg = method_bench_config(method, lite)
         rows: dict[str, dict[str, Any]] = {}
         for s in settings:
             for b in sizes:

@@ -59,7 +59,7 @@ def _alarm(_sig: int, _frame: Any) -> None:
     raise _Timeout()
 
 
-def _bench_config(method: str, lite: bool) -> Any:
+def method_bench_config(method: str, lite: bool) -> Any:
     """Default (paper) widths; ``lite`` = narrow networks for a quick smoke run (both from the
     method's spec)."""
     from mdir.methods.specs import get_spec, method_specs
@@ -70,7 +70,7 @@ def _bench_config(method: str, lite: bool) -> Any:
     return spec.default_config(**spec.bench_config, **(spec.bench_lite if lite else {}))
 
 
-def _batch(
+def random_batch(
     method: str, size: int, batch: int, channels_last: bool, device: str = "cpu"
 ) -> dict[str, Any]:
     import torch
@@ -92,7 +92,7 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _build(method: str, cfg: Any, variant: str, device: str = "cpu") -> Any:
+def build_bench_method(method: str, cfg: Any, variant: str, device: str = "cpu") -> Any:
     import torch
 
     from mdir.methods import METHODS
@@ -161,7 +161,7 @@ def step(
     bad = [v for v in chosen if v not in VARIANTS]
     if bad:
         raise typer.BadParameter(f"unknown variants {bad}; valid: {', '.join(VARIANTS)}")
-    cfg = _bench_config(method, lite)
+    cfg = method_bench_config(method, lite)
     rss_before = _peak_rss_mb()
     res: dict[str, dict[str, Any]] = {}
     live: dict[str, tuple[Any, dict[str, Any]]] = {}
@@ -173,8 +173,8 @@ def step(
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        m = _build(method, cfg, v, device)
-        b = _batch(method, size, batch, v in ("channels_last", "compile_cl"), device)
+        m = build_bench_method(method, cfg, v, device)
+        b = random_batch(method, size, batch, v in ("channels_last", "compile_cl"), device)
         setup = time.perf_counter() - t0
         compiled = v.startswith("compile")
         old = signal.signal(signal.SIGALRM, _alarm) if compiled else None
