@@ -113,6 +113,28 @@ def test_single_process_and_eval_are_plain_batchnorm():
     assert set(conv.state_dict()) == set(plain.state_dict())  # registered weights load as BN
 
 
+def test_cuda_conversion_synchronises_only_with_gradients(monkeypatch):
+    """On CUDA the BatchNorms become `GradSyncBatchNorm`: PyTorch's SyncBatchNorm, which in
+    train mode starts a collective on every forward — under no_grad too, where a pix2pix
+    generator translating for samples or evaluation (train mode) on fewer than all ranks
+    would wait forever. Ours normalises with its own batch there, like plain BatchNorm."""
+    import torch.distributed as dist
+
+    from mdir.models.syncbn import GradSyncBatchNorm
+
+    m = convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3, momentum=0.0)), "cuda")[0]
+    assert type(m) is GradSyncBatchNorm and m.training
+    plain = nn.BatchNorm2d(3, momentum=0.0)
+    x = torch.randn(4, 3, 5, 5)
+    # a 2-rank world as the module sees it: the stock one goes for the collective
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="expected input tensor to be on GPU"):
+            nn.SyncBatchNorm(3)(x)
+        torch.testing.assert_close(m(x), plain(x))
+
+
 def test_subclasses_are_left_alone():
     class Mine(nn.BatchNorm2d):
         pass

@@ -27,10 +27,12 @@ MODE = {"pix2pix": "paired", "cyclegan": "unpaired", "mduit": "single"}
 # MDUIT goes through the real Ray Data pipeline (as the demo does); the others use the
 # in-memory loader to keep the suite inside its time budget on 2 cores.
 LOADER = {"pix2pix": "memory", "cyclegan": "memory", "mduit": "ray_data"}
-# CycleGAN also runs the final evaluation (KID on a seeded random Inception: no weights here)
+# CycleGAN also runs the final evaluation (KID on a seeded random Inception: no weights
+# here), sharded over both workers: one batch of 2 images each
 EVAL = {
     "cyclegan": ["train.evaluate=true", "train.eval_images=4", "eval.metrics=[kid]",
-                 "eval.allow_random_features=true", "eval.kid_subset_size=2", "eval.kid_subsets=4"],
+                 "eval.allow_random_features=true", "eval.kid_subset_size=2", "eval.kid_subsets=4",
+                 "train.eval_sharded=true", "eval.batch_size=2"],
 }  # fmt: skip
 
 
@@ -93,7 +95,9 @@ def test_method_trains_registers_and_translates(
         assert run.data.tags["mdir.fid.protocol"] == "legacy"
         assert run.data.tags["mdir.fid.features"] == "random_inception"
         assert run.data.tags["mdir.fid.n_images"] == "4"
-        # `mdir eval gan --model` shares the in-training path: same images, same numbers
+        assert run.data.tags["mdir.eval.ranks"] == "2"
+        # `mdir eval gan --model` (one process) and the in-training evaluation, sharded over
+        # the two workers, see the same images: the same numbers
         from mdir.evaluation.model import evaluate_model
 
         res, info = evaluate_model(r.model_uri, data, cfg.eval, ["day"], ["night"])

@@ -264,6 +264,125 @@ def as_image_batch(images) -> np.ndarray | list[np.ndarray]:
     return to_uint8_nhwc(images)
 
 
+def shard_range(n: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous block [start, stop) of n images when an evaluation is
+    sharded over `world` ranks. Whole batches of `batch_size` are dealt out (the first
+    n_batches mod world ranks get one more), so every rank translates and extracts exactly
+    the batches a single process would: batch composition can matter (pix2pix's train-mode
+    BatchNorm uses batch statistics; kernels may pick algorithms by batch size)."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world}")
+    batches = -(-n // batch_size)
+    per, extra = divmod(batches, world)
+    first = rank * per + min(rank, extra)
+    last = first + per + (1 if rank < extra else 0)
+    return min(first * batch_size, n), min(last * batch_size, n)
+
+
+@dataclass
+class ImageShard:
+    """One block of an evaluation: features of its real and fake images and their
+    per-image paired scores (SSIM / MS-SSIM). `metrics_from_shards` merges blocks into
+    the numbers `compute_image_metrics` reports for the whole sets."""
+
+    real_start: int
+    fake_start: int
+    num_real: int
+    num_fake: int
+    real: Features | None = None
+    fake: Features | None = None
+    label: str | None = None
+    source: str | None = None
+    paired: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def image_shard(
+    real: np.ndarray | list[np.ndarray],
+    fake: np.ndarray | list[np.ndarray],
+    cfg: EvalConfig,
+    extractor: FeatureExtractor | None = None,
+    real_features: Features | None = None,
+    real_start: int = 0,
+    fake_start: int = 0,
+) -> ImageShard:
+    """Features (and per-image SSIM / MS-SSIM when the blocks pair up) of one block of
+    real and fake uint8 images. `real_features`: already extracted features of `real`."""
+    sh = ImageShard(real_start, fake_start, len(real), len(fake))
+    if any(m in cfg.metrics for m in FEATURE_BASED):
+        if real_features is not None:
+            sh.real = real_features
+        elif len(real):
+            sh.real, sh.label, sh.source = extract(real, cfg, extractor)
+        if len(fake):
+            sh.fake, sh.label, sh.source = extract(fake, cfg, extractor)
+    paired = (
+        isinstance(real, np.ndarray) and isinstance(fake, np.ndarray) and real.shape == fake.shape
+    )
+    for name in ("ssim", "ms_ssim"):
+        if name not in cfg.metrics:
+            continue
+        if not paired:
+            sh.notes.append(f"{name} skipped: needs paired sets of equal count and image size")
+            continue
+        if not len(fake):
+            continue
+        from mdir.metrics.ssim import ms_ssim, ssim
+
+        fn = ssim if name == "ssim" else ms_ssim
+        try:
+            sh.paired[name] = fn(fake, real, data_range=255.0, per_image=True).numpy()
+        except ValueError as e:  # e.g. MS-SSIM on images ≤ 160 px
+            sh.notes.append(f"{name} skipped: {e}")
+    return sh
+
+
+def metrics_from_shards(shards: list[ImageShard], cfg: EvalConfig) -> GanEvalResult:
+    """All requested metrics of the sets the blocks make up, in input order: features are
+    concatenated and the statistics computed once, as over the whole sets; SSIM is the
+    mean of the per-image values."""
+    failed = [s.error for s in shards if s.error]
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    real_parts = sorted((s for s in shards if s.num_real), key=lambda s: s.real_start)
+    fake_parts = sorted((s for s in shards if s.num_fake), key=lambda s: s.fake_start)
+    n_real = sum(s.num_real for s in real_parts)
+    n_fake = sum(s.num_fake for s in fake_parts)
+    res = GanEvalResult(metrics={}, num_real=n_real, num_fake=n_fake, protocol=cfg.fid_protocol)
+    if min(n_real, n_fake) < 2:
+        raise ValueError(f"need at least 2 real and 2 fake images, got {n_real} and {n_fake}")
+    if any(m in cfg.metrics for m in FEATURE_BASED):
+        n = min(n_real, n_fake)
+        if n < FID_MIN_IMAGES:
+            msg = (
+                f"FID from {n} < {FID_MIN_IMAGES} images is biased (upwards) and only comparable "
+                "at equal set sizes; see KID, which is unbiased."
+            )
+            res.warnings.append(msg)
+            warnings.warn(msg, stacklevel=2)
+        rf = Features.concat([s.real for s in real_parts])
+        ff = Features.concat([s.fake for s in fake_parts])
+        res.extractor_label = next((s.label for s in fake_parts if s.label), None)
+        res.extractor_source = next((s.source for s in fake_parts if s.source), None)
+        fcfg = cfg
+        if n < FID_MIN_IMAGES and "fid" in cfg.metrics and "kid" not in cfg.metrics:
+            # small sets: KID (unbiased) always goes beside the biased FID
+            fcfg = cfg.model_copy(update={"metrics": [*cfg.metrics, "kid"]})
+        vals, res.prd, notes = feature_metrics(rf, ff, fcfg, res.extractor_label or "inception")
+        res.metrics.update(vals)
+        res.warnings.extend(notes)
+    notes = list(dict.fromkeys(n for s in shards for n in s.notes))
+    res.warnings.extend(notes)
+    for name in ("ssim", "ms_ssim"):
+        if name in cfg.metrics and not any(n.startswith(f"{name} skipped") for n in notes):
+            vals = [s.paired[name] for s in fake_parts if name in s.paired]
+            res.metrics[name] = float(np.concatenate(vals).mean())
+    for w in res.warnings:
+        log.warning(w)
+    return res
+
+
 def compute_image_metrics(
     real: np.ndarray | list[np.ndarray],
     fake: np.ndarray | list[np.ndarray],
@@ -276,52 +395,46 @@ def compute_image_metrics(
     fake = as_image_batch(fake)
     if cfg.num_images is not None:
         real, fake = real[: cfg.num_images], fake[: cfg.num_images]
-    res = GanEvalResult(
-        metrics={}, num_real=len(real), num_fake=len(fake), protocol=cfg.fid_protocol
-    )
     if min(len(real), len(fake)) < 2:
         raise ValueError(f"need at least 2 real and 2 fake images, got {len(real)} and {len(fake)}")
-    if any(m in cfg.metrics for m in FEATURE_BASED):
-        n = min(len(real), len(fake))
-        if n < FID_MIN_IMAGES:
-            msg = (
-                f"FID from {n} < {FID_MIN_IMAGES} images is biased (upwards) and only comparable "
-                "at equal set sizes; see KID, which is unbiased."
-            )
-            res.warnings.append(msg)
-            warnings.warn(msg, stacklevel=2)
-        if real_features is None:
-            rf, label, source = extract(real, cfg, extractor)
-        else:
-            rf = real_features
-        ff, label, source = extract(fake, cfg, extractor)
-        res.extractor_label, res.extractor_source = label, source
-        fcfg = cfg
-        if n < FID_MIN_IMAGES and "fid" in cfg.metrics and "kid" not in cfg.metrics:
-            # small sets: KID (unbiased) always goes beside the biased FID
-            fcfg = cfg.model_copy(update={"metrics": [*cfg.metrics, "kid"]})
-        vals, res.prd, notes = feature_metrics(rf, ff, fcfg, label)
-        res.metrics.update(vals)
-        res.warnings.extend(notes)
-    paired = (
-        isinstance(real, np.ndarray) and isinstance(fake, np.ndarray) and real.shape == fake.shape
-    )
-    for name in ("ssim", "ms_ssim"):
-        if name not in cfg.metrics:
-            continue
-        if not paired:
-            res.warnings.append(f"{name} skipped: needs paired sets of equal count and image size")
-            continue
-        from mdir.metrics.ssim import ms_ssim, ssim
+    return metrics_from_shards([image_shard(real, fake, cfg, extractor, real_features)], cfg)
 
-        fn = ssim if name == "ssim" else ms_ssim
-        try:
-            res.metrics[name] = float(fn(fake, real, data_range=255.0))
-        except ValueError as e:  # e.g. MS-SSIM on images ≤ 160 px
-            res.warnings.append(f"{name} skipped: {e}")
-    for w in res.warnings:
-        log.warning(w)
-    return res
+
+def _translation_inputs(source, target, reference, cfg: EvalConfig):
+    """uint8 NHWC source, real target and reference arrays, cut to `cfg.num_images`."""
+    src = to_uint8_nhwc(source)
+    tgt = to_uint8_nhwc(target)
+    ref = to_uint8_nhwc(reference) if reference is not None else None
+    if cfg.num_images is not None:
+        src, tgt = src[: cfg.num_images], tgt[: cfg.num_images]
+        ref = ref[: cfg.num_images] if ref is not None else None
+    return src, tgt, ref
+
+
+def evaluate_translation_shard(
+    translate: Callable[..., torch.Tensor],
+    source_images: np.ndarray | torch.Tensor,
+    real_target_images: np.ndarray | torch.Tensor,
+    cfg: EvalConfig,
+    reference_images: np.ndarray | torch.Tensor | None = None,
+    *,
+    rank: int,
+    world: int,
+    extractor: FeatureExtractor | None = None,
+    real_features: Features | None = None,
+) -> ImageShard:
+    """Rank `rank`'s part of `evaluate_translation` over `world` ranks: it translates its
+    block of the sources (`shard_range`) and extracts the features of that block and of its
+    block of the real targets (`real_features`: those, already extracted). Merged with
+    `metrics_from_shards`, the blocks give the single-process numbers (same batches, same
+    order; equal up to float summation order in SSIM's mean)."""
+    src, tgt, ref = _translation_inputs(source_images, real_target_images, reference_images, cfg)
+    fa, fb = shard_range(len(src), cfg.batch_size, rank, world)
+    ra, rb = shard_range(len(tgt), cfg.batch_size, rank, world)
+    fake = translate_images(
+        translate, src[fa:fb], cfg.batch_size, ref[fa:fb] if ref is not None else None
+    )
+    return image_shard(tgt[ra:rb], fake, cfg, extractor, real_features, ra, fa)
 
 
 def evaluate_translation_detailed(
@@ -336,12 +449,7 @@ def evaluate_translation_detailed(
     keep_fakes: bool = False,
 ) -> GanEvalResult:
     """Like `evaluate_translation`, returning the PRD curve, warnings and extractor label."""
-    src = to_uint8_nhwc(source_images)
-    tgt = to_uint8_nhwc(real_target_images)
-    ref = to_uint8_nhwc(reference_images) if reference_images is not None else None
-    if cfg.num_images is not None:
-        src, tgt = src[: cfg.num_images], tgt[: cfg.num_images]
-        ref = ref[: cfg.num_images] if ref is not None else None
+    src, tgt, ref = _translation_inputs(source_images, real_target_images, reference_images, cfg)
     fake = translate_images(translate, src, cfg.batch_size, ref)
     res = compute_image_metrics(tgt, fake, cfg, extractor=extractor, real_features=real_features)
     if keep_fakes:

@@ -6,7 +6,9 @@ rank ends up with) differ from a single-process run over the global batch. Synch
 BatchNorm computes them over the global batch instead. PyTorch's ``nn.SyncBatchNorm``
 only runs on accelerators; `DistBatchNorm` is the same computation with one autograd-aware
 all-reduce of (Σx, Σx², n) per layer, so it also runs on CPU with gloo (tests, CPU
-clusters). On CUDA `convert_sync_batchnorm` uses PyTorch's own kernels.
+clusters). On CUDA `convert_sync_batchnorm` uses PyTorch's own kernels
+(`GradSyncBatchNorm`). Both synchronise only while gradients flow: inference forwards
+(sample grids, evaluation) stay on their own rank.
 
 State-dict keys are BatchNorm's, so a trained generator loads into the plain network.
 """
@@ -67,14 +69,25 @@ class DistBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y
 
 
+class GradSyncBatchNorm(nn.SyncBatchNorm):
+    """PyTorch's ``SyncBatchNorm`` (CUDA kernels) that, like `DistBatchNorm`, keeps to its
+    own rank's batch under ``no_grad``. The stock one synchronises whenever it is in train
+    mode, so a generator translating in train mode (pix2pix's test mode) on fewer than all
+    ranks, or on ranks with different numbers of batches, would wait forever."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return nn.modules.batchnorm._BatchNorm.forward(self, x)
+        return super().forward(x)
+
+
 def convert_sync_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
-    """`module` with every plain BatchNorm synchronised across ranks: PyTorch's
-    ``nn.SyncBatchNorm`` on CUDA, `DistBatchNorm` elsewhere. Weights and running
-    statistics are carried over; returns the (possibly new) root module."""
-    if device_type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    """`module` with every plain BatchNorm synchronised across ranks: `GradSyncBatchNorm`
+    (PyTorch's kernels) on CUDA, `DistBatchNorm` elsewhere. Weights and running statistics
+    are carried over; returns the (possibly new) root module."""
     if type(module) in _PLAIN_BN:
-        new = DistBatchNorm(
+        cls = GradSyncBatchNorm if device_type == "cuda" else DistBatchNorm
+        new = cls(
             module.num_features,
             module.eps,
             module.momentum,

@@ -99,6 +99,13 @@ class TrainSection(StrictModel):
         "most the split's size). FID/KID rankings on fewer images are noise-dominated: the "
         "default 2000 means min(2000, val split size).",
     )
+    eval_sharded: bool = Field(
+        False,
+        description="Share each evaluation among all workers: every rank translates and "
+        "extracts features of its block of whole batches, rank 0 merges the features and "
+        "computes the metrics once (the same numbers as rank 0 alone, about num_workers "
+        "times sooner). Off = rank 0 evaluates while the other ranks wait.",
+    )
     channels_last: bool = Field(
         False,
         description="Networks and image batches in channels-last (NHWC) memory format; measured "

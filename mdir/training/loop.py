@@ -10,7 +10,8 @@ steps not done before the checkpoint), bf16 autocast on GPU.
 
 Rank 0 additionally: a progress line every ``log_every`` steps (step, epoch, losses,
 images/s), MLflow logging through `Tracker` (never blocking), sample grids every
-``sample_every`` steps, evaluation every ``eval_every`` steps, and at the end the model
+``sample_every`` steps, evaluation every ``eval_every`` steps (all ranks share it with
+``train.eval_sharded``; `mdir.training.evaluation`), and at the end the model
 card and the registration of the generator. Every rank calls ``ray.train.report`` at the
 same steps (checkpoint points and the end), as Ray Train requires.
 """
@@ -41,6 +42,7 @@ from mdir.training import checkpoint as ckpt
 from mdir.training import selection
 from mdir.training.config import TrainJobConfig
 from mdir.training.ema import EMA_FILE, GeneratorEMA, maybe_applied
+from mdir.training.evaluation import GanEvaluation, translate_live
 from mdir.training.watchdog import stall_message, watch_batches
 
 log = logging.getLogger("mdir.training")
@@ -134,9 +136,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     plan = loop_config["plan"]
     spe: int = int(loop_config["steps_per_epoch"])
     factory: MethodFactory | None = loop_config.get("method_factory")
-    evaluate = loop_config.get("evaluator") or _evaluate  # tests pass a fake evaluation
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # tests pass a fake evaluation (rank 0 only); ours may be sharded across the ranks
+    evaluate = loop_config.get("evaluator") or GanEvaluation(rank, world, cfg.train.eval_sharded)
+    every_rank_evaluates = bool(getattr(evaluate, "collective", False))
     device = ray.train.torch.get_device()
     seed_everything(cfg.train.seed + rank)
     torch.set_num_threads(
@@ -225,7 +229,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     t_first = t_start
     steady_steps_per_s = 0.0
 
-    def report(final: bool) -> None:
+    def report(final: bool, final_eval: dict[str, float] | None = None) -> None:
         nonlocal last_ckpt_step
         extra = {"mlflow_run_id": tracker.run_id if tracker is not None else None}
         metrics: dict[str, Any] = {
@@ -265,7 +269,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ckpt.write_manifest(d, rank, world)
             if final and rank == 0:
                 metrics.update(
-                    _finish(tracker, cfg, method, d, last_metrics, fixed, plan, evaluate, ema)
+                    _finish(
+                        tracker, cfg, method, d, last_metrics, final_eval or {}, fixed, plan, ema
+                    )
                 )
             mode = ray.train.CheckpointUploadMode.ASYNC if upload_async else None
             ray.train.report(
@@ -348,7 +354,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 with maybe_applied(ema, gen_module):
                     _log_samples(tracker, method, fixed, step)
             if (
-                rank == 0
+                (rank == 0 or every_rank_evaluates)
                 and cfg.train.eval_every
                 and step % cfg.train.eval_every == 0
                 and step < total_steps
@@ -379,7 +385,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             elapsed,
             steps_run / max(elapsed, 1e-9),
         )
-    report(final=True)
+    final_eval: dict[str, float] = {}
+    if cfg.train.evaluate and (rank == 0 or every_rank_evaluates):
+        with maybe_applied(ema, gen_module):  # the weights the final checkpoint registers
+            final_eval = evaluate(tracker, cfg, method, plan, step)
+    report(final=True, final_eval=final_eval)
 
 
 @contextmanager
@@ -594,12 +604,6 @@ def _fixed_samples(
         return None
 
 
-def _translate(method: Any, src: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
-    dev = next(ckpt.unwrap(method.generator()).parameters()).device
-    out = method.translate(src.to(dev), None if ref is None else ref.to(dev))
-    return out.float().cpu()
-
-
 def eta_text(done: int, seconds: float, remaining: int) -> str:
     """' | ETA 4m10s' at the mean pace of `done` steps in `seconds` ('' before any)."""
     if done <= 0 or seconds <= 0:
@@ -645,7 +649,7 @@ def condition_grid(
     src_u8 = unit_to_uint8(src.cpu())
     cells = [[np.full_like(src_u8[0], 255), *unit_to_uint8(refs.cpu())]]
     for i in range(src.shape[0]):
-        out = _translate(method, src[i : i + 1].expand(len(refs), -1, -1, -1), refs)
+        out = translate_live(method, src[i : i + 1].expand(len(refs), -1, -1, -1), refs)
         cells.append([src_u8[i], *unit_to_uint8(out)])
     return labelled_grid(
         cells,
@@ -676,7 +680,7 @@ def _log_samples(
         return None
     try:
         src, tgt = fixed
-        out = _translate(method, src, tgt)
+        out = translate_live(method, src, tgt)
         name = f"samples_step{step:07d}.png"
         if out_dir is not None:  # kept: the final grid the job reports
             path = save_grid(os.path.join(out_dir, name), src, out, tgt, title=f"step {step}")
@@ -691,52 +695,19 @@ def _log_samples(
         return None
 
 
-def _evaluate(
-    tracker: Any, cfg: TrainJobConfig, method: Any, plan: Any, step: int
-) -> dict[str, float]:
-    """GAN metrics on the validation split via `mdir.metrics.gan.evaluate_translation`."""
-    if not cfg.train.evaluate:
-        return {}
-    try:
-        from mdir.metrics.gan import evaluate_translation_detailed, feature_extractor_tag
-        from mdir.metrics.naming import MLFLOW_TAG
-    except ModuleNotFoundError:
-        return {}
-    try:
-        src, tgt = plan.eval_images(cfg.train.eval_images)
-        ref = tgt if spec_of(cfg.method).needs_reference else None
-
-        def translate(x: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
-            return _translate(method, x, reference)
-
-        t0 = time.perf_counter()
-        res = evaluate_translation_detailed(translate, src, tgt, cfg.eval, reference_images=ref)
-        metrics = {f"eval/{k}": float(v) for k, v in res.metrics.items()}
-        log.info("eval at step %d (%.1f s): %s", step, time.perf_counter() - t0, metrics)
-        if tracker is not None:
-            tracker.log_metrics(metrics, step)
-            # which network produced these numbers (random Inception is never "the" FID)
-            # protocol, network and image count of the numbers (mdir.fid.*)
-            tracker.set_tags({MLFLOW_TAG: feature_extractor_tag(cfg.eval), **res.tags()})
-        return metrics
-    except Exception as e:  # metrics must not kill a long training job
-        log.warning("evaluation at step %d failed: %s", step, e)
-        return {}
-
-
 def _finish(
     tracker: Any,
     cfg: TrainJobConfig,
     method: Any,
     ckpt_dir: str,
     metrics: dict[str, float],
+    final_eval: dict[str, float],
     fixed: Any,
     plan: Any,
-    evaluate: Callable[..., dict[str, float]] = _evaluate,
     ema: GeneratorEMA | None = None,
 ) -> dict[str, Any]:
-    """Rank 0 at the end: final samples, evaluation, checkpoint artifact, model card,
-    registration of the best-scored checkpoint's generator (the final one when nothing was
+    """Rank 0 at the end: final samples, the final evaluation's numbers (`final_eval`,
+    measured by the loop just before), checkpoint artifact, model card, registration of the best-scored checkpoint's generator (the final one when nothing was
     scored). Returns what goes into the final report (run id, model URI, grid path, score).
     With an EMA, the pictures and the evaluation use the EMA weights, as registered."""
     from mdir.registry import generators as registry
@@ -748,7 +719,6 @@ def _finish(
     os.makedirs(grid_dir, exist_ok=True)
     with maybe_applied(ema, ckpt.unwrap(method.generator())):
         grid = _log_samples(tracker, method, fixed, step, out_dir=grid_dir)
-        final_eval = evaluate(tracker, cfg, method, plan, step) if cfg.train.evaluate else {}
     if grid:
         out["sample_grid"] = grid
     if tracker is not None and spec_of(cfg.method).needs_reference:
