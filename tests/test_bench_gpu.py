@@ -50,3 +50,10 @@ def test_cpu_smoke_run_is_consistent(tmp_path):
     assert all(math.isfinite(v["fp32"]) and math.isfinite(v["other"]) for v in g["losses"].values())
     assert g["tracks"] == all(v["rel_diff"] <= g["tolerance"] for v in g["losses"].values())
     assert m["goal_2x_met"] == bool(m["best_speedup"] >= 2.0 and g["tracks"])
+
+
+def test_cuda_graphs_setting_needs_cuda():
+    from mdir.bench.cli import app
+
+    r = CliRunner().invoke(app, ["gpu", "--device", "cpu", "--graphs", "--methods", "cyclegan"])
+    assert r.exit_code == 2 and "CUDA graphs need --device cuda" in r.output

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 # Importing the modules registers their commands on `app` (defined in `mdir.bench.app`, so
 # that the benchmark modules and this one do not import each other).
-from mdir.bench import data, fid, gpu, scaling, step, train, translate, tune  # noqa: F401
+from mdir.bench import (  # noqa: F401
+    data,
+    evaluation,
+    fid,
+    gpu,
+    scaling,
+    step,
+    train,
+    translate,
+    tune,
+)
 from mdir.bench.app import app
 
 __all__ = ["app"]

@@ -6,7 +6,14 @@ each method at 256 px, training steps/s and images/s at per-GPU batch 1, 4 and 1
 
 * ``fp32``        — eager, NCHW, float32: the baseline;
 * ``bf16_cl``     — ``torch.autocast(bfloat16)`` + channels-last networks and inputs;
-* ``bf16_cl_compile`` — the same with every network ``torch.compile``-d (``--compile``).
+* ``bf16_cl_compile`` — the same with every network ``torch.compile``-d (``--compile``);
+* ``bf16_cl_graphs`` — the same compiled with ``mode="reduce-overhead"``, i.e. replayed
+  as CUDA graphs (``--graphs``; CUDA only): at batch 1 the step is launch-bound, and a graph
+  replay launches the whole forward/backward at once. ``cudagraph_mark_step_begin`` marks
+  each training step, so a step's outputs may be overwritten by the next one's replay.
+
+A setting that fails (out of memory, a compile error) is reported as ``failed`` with the
+reason and the others go on.
 
 and reports each setting's images/s over fp32 batch 1 (goal: ≥ 2× at the best setting),
 with peak memory (CUDA: ``max_memory_allocated`` per setting).
@@ -36,12 +43,25 @@ from mdir.bench.app import app
 from mdir.bench.common import write_json
 from mdir.bench.step import build_bench_method, method_bench_config, random_batch
 
-SETTINGS = ("fp32", "bf16_cl", "bf16_cl_compile")
+SETTINGS = ("fp32", "bf16_cl", "bf16_cl_compile", "bf16_cl_graphs")
 
 
 def _variant(setting: str) -> str:
     """The `mdir bench step` variant that builds this setting's networks."""
-    return {"fp32": "eager", "bf16_cl": "channels_last", "bf16_cl_compile": "compile_cl"}[setting]
+    return {
+        "fp32": "eager",
+        "bf16_cl": "channels_last",
+        "bf16_cl_compile": "compile_cl",
+        "bf16_cl_graphs": "graphs_cl",
+    }[setting]
+
+
+def _mark_step(setting: str) -> None:
+    """Before each step of a CUDA-graph setting: a new iteration of the graph trees."""
+    if setting == "bf16_cl_graphs":
+        import torch
+
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def _amp(setting: str, device: str):
@@ -70,12 +90,14 @@ def time_setting(
     m = build_bench_method(method, cfg, _variant(setting), device)
     b = random_batch(method, size, batch, setting != "fp32", device)
     for _ in range(warmup):
+        _mark_step(setting)
         with _amp(setting, device):
             m.train_step(b)
     _sync(device)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
+        _mark_step(setting)
         with _amp(setting, device):
             m.train_step(b)
         _sync(device)
@@ -140,6 +162,9 @@ def gpu_cmd(
     compile_: bool = typer.Option(
         False, "--compile", help="Also time bf16 + channels-last + torch.compile."
     ),
+    graphs: bool = typer.Option(
+        False, "--graphs", help="Also time bf16 + channels-last + CUDA graphs (CUDA only)."
+    ),
     guard_steps: int = typer.Option(200, help="Steps of the fp32 vs bf16 loss-tracking guard."),
     guard_tol: float = typer.Option(0.1, help="Allowed relative difference of the losses."),
     device: str = typer.Option("cuda", help="cuda (the point) or cpu (smoke test)."),
@@ -158,7 +183,10 @@ def gpu_cmd(
         raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise typer.BadParameter("--device cuda: no CUDA device visible to torch")
-    settings = [s for s in SETTINGS if compile_ or s != "bf16_cl_compile"]
+    if graphs and device != "cuda":
+        raise typer.BadParameter("--graphs: CUDA graphs need --device cuda")
+    wanted = {"bf16_cl_compile": compile_, "bf16_cl_graphs": graphs}
+    settings = [s for s in SETTINGS if wanted.get(s, True)]
     sizes = [int(b) for b in batches.split(",") if b.strip()]
     result: dict[str, Any] = {
         "benchmark": "gpu",
@@ -180,6 +208,8 @@ def gpu_cmd(
                 except torch.OutOfMemoryError:
                     rows[f"{s}/b{b}"] = {"failed": "out of memory"}
                     torch.cuda.empty_cache()
+                except Exception as e:  # e.g. a compile error: the other settings still count
+                    rows[f"{s}/b{b}"] = {"failed": f"{type(e).__name__}: {e}"[:500]}
                 print(f"{method} {s} batch {b}: {rows[f'{s}/b{b}']}", file=sys.stderr, flush=True)
         base = rows.get("fp32/b1", {}).get("images_per_s")
         speedup = {

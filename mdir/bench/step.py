@@ -99,12 +99,15 @@ def build_bench_method(method: str, cfg: Any, variant: str, device: str = "cpu")
 
     torch.manual_seed(0)
     m = METHODS[method](cfg, torch.device(device))
-    if variant in ("channels_last", "compile_cl"):
+    if variant in ("channels_last", "compile_cl", "graphs_cl"):
         for net in m.networks.values():
             net.to(memory_format=torch.channels_last)
     if variant in ("compile", "compile_cl"):
         for net in m.networks.values():
             net.compile()
+    if variant == "graphs_cl":  # CUDA graphs: inductor's cudagraph trees (static shapes)
+        for net in m.networks.values():
+            net.compile(mode="reduce-overhead")
     m.configure_optimizers()
     return m
 
