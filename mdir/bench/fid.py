@@ -157,23 +157,25 @@ def pytorch_fid_model(weights: str | Path):
         pfi.load_state_dict_from_url = saved
 
 
-def _pytorch_fid_value(model, day: np.ndarray, night: np.ndarray, batch: int, device: str) -> float:
-    """pytorch-fid's statistics (its model on x/255, np.mean / np.cov) and its Fréchet
-    distance; SciPy ≥ 1.18 dropped the `disp=` its sqrtm call uses, then the textbook
-    formula with sqrtm stands in."""
+def _pytorch_fid_acts(model, imgs: np.ndarray, batch: int, device: str) -> np.ndarray:
+    """pytorch-fid's 2048-d activations: its model on x / 255 (it resizes and scales)."""
     import torch
+
+    acts = []
+    with torch.no_grad():
+        for s in range(0, len(imgs), batch):
+            x = torch.from_numpy(imgs[s : s + batch]).permute(0, 3, 1, 2).float() / 255
+            acts.append(model(x.to(device))[0].squeeze(-1).squeeze(-1).cpu().numpy())
+    return np.concatenate(acts)
+
+
+def _pytorch_fid_distance(a1: np.ndarray, a2: np.ndarray) -> float:
+    """pytorch-fid's statistics (np.mean / np.cov) and its Fréchet distance; SciPy ≥ 1.18
+    dropped the `disp=` its sqrtm call uses, then the textbook formula with sqrtm stands in."""
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    def stats(imgs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        acts = []
-        with torch.no_grad():
-            for s in range(0, len(imgs), batch):
-                x = torch.from_numpy(imgs[s : s + batch]).permute(0, 3, 1, 2).float() / 255
-                acts.append(model(x.to(device))[0].squeeze(-1).squeeze(-1).cpu().numpy())
-        a = np.concatenate(acts)
-        return np.mean(a, axis=0), np.cov(a, rowvar=False)
-
-    (m1, s1), (m2, s2) = stats(day), stats(night)
+    m1, s1 = np.mean(a1, axis=0), np.cov(a1, rowvar=False)
+    m2, s2 = np.mean(a2, axis=0), np.cov(a2, rowvar=False)
     try:
         return float(calculate_frechet_distance(m1, s1, m2, s2))
     except TypeError:
@@ -183,7 +185,10 @@ def _pytorch_fid_value(model, day: np.ndarray, night: np.ndarray, batch: int, de
 def bench_standard_fid(
     weights: str | Path, num_images: int, image_size: int, batch: int, device: str
 ) -> dict:
-    """Legacy FID of synthetic day vs night: mdir vs pytorch-fid, same weights and images."""
+    """Legacy FID of synthetic day vs night: mdir vs pytorch-fid, same weights and images.
+    Interleaved (mdir day, pytorch-fid day, mdir night, pytorch-fid night) so that load
+    changes on a shared machine hit both; feature extraction and the distance (statistics
+    + Fréchet) are timed apart."""
     import torch
 
     from mdir.metrics.features import FeatureExtractor
@@ -192,19 +197,31 @@ def bench_standard_fid(
     day, night = synthetic_day_night(num_images, image_size)
     fe = FeatureExtractor(weights=weights, device=device, batch_size=batch, protocol="legacy")
     ref_model = pytorch_fid_model(weights).to(fe.device)
-    fe.extract(day[:2])  # warm-up both
-    _pytorch_fid_value(ref_model, day[:4], night[:4], batch, str(fe.device))
+    dev = str(fe.device)
+    fe.extract(day[:batch])  # warm-up both at the timed batch shape
+    _pytorch_fid_acts(ref_model, day[:batch], batch, dev)
+    ext = {"mdir": 0.0, "pytorch_fid": 0.0}
+    ours_f, ref_f = [], []
+    for imgs in (day, night):
+        t = time.perf_counter()
+        ours_f.append(fe.extract(imgs).pool)
+        ext["mdir"] += time.perf_counter() - t
+        t = time.perf_counter()
+        ref_f.append(_pytorch_fid_acts(ref_model, imgs, batch, dev))
+        ext["pytorch_fid"] += time.perf_counter() - t
     t = time.perf_counter()
-    ours = GaussianStats.from_features(fe.extract(day).pool).frechet_distance(
-        GaussianStats.from_features(fe.extract(night).pool)
+    ours = GaussianStats.from_features(ours_f[0]).frechet_distance(
+        GaussianStats.from_features(ours_f[1])
     )
-    t_ours = time.perf_counter() - t
+    d_ours = time.perf_counter() - t
     t = time.perf_counter()
-    ref = _pytorch_fid_value(ref_model, day, night, batch, str(fe.device))
-    t_ref = time.perf_counter() - t
+    ref = _pytorch_fid_distance(*ref_f)
+    d_ref = time.perf_counter() - t
+    t_ours, t_ref = ext["mdir"] + d_ours, ext["pytorch_fid"] + d_ref
     return {
         "num_images": num_images,
         "image_size": image_size,
+        "batch": batch,
         "device": str(fe.device),
         "torch_threads": torch.get_num_threads(),
         "fid_legacy_mdir": ours,
@@ -212,7 +229,10 @@ def bench_standard_fid(
         "rel_diff": abs(ours - ref) / abs(ref),
         "mdir_s": t_ours,
         "pytorch_fid_s": t_ref,
+        "extract_s": ext,
+        "distance_s": {"mdir": d_ours, "pytorch_fid": d_ref},
         "time_ratio_pytorch_fid_over_mdir": t_ref / t_ours,
+        "extract_ratio_pytorch_fid_over_mdir": ext["pytorch_fid"] / ext["mdir"],
     }
 
 
