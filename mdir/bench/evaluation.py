@@ -168,6 +168,11 @@ def eval_cmd(
 ) -> None:
     """Time a training eval point with rank 0 alone vs sharded over WORKERS ranks
     (train.eval_sharded) on this machine; prints the ratios and writes JSON."""
+    from mdir.bench.step import method_bench_config
+
+    method_bench_config(method, lite)  # an unknown method fails here, naming the valid ones
+    if workers < 2 or images < 2 or batch < 1:
+        raise typer.BadParameter("need --workers ≥ 2, --images ≥ 2 and --batch ≥ 1")
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     spec = {
         "method": method,
