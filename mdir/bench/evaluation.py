@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -101,18 +100,14 @@ def _rank_main(rank: int, world: int, port: int, spec: dict, out_dir: str) -> No
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def time_group(world: int, spec: dict) -> dict:
     """Run `_rank_main` in `world` fresh processes; rank 0's timings and metrics."""
     import torch.multiprocessing as mp
 
+    from mdir.dev.procs import free_port
+
     with tempfile.TemporaryDirectory(prefix="mdir-bench-eval-") as d:
-        mp.spawn(_rank_main, args=(world, _free_port(), spec, d), nprocs=world, join=True)
+        mp.spawn(_rank_main, args=(world, free_port(), spec, d), nprocs=world, join=True)
         return json.loads(Path(d, "result.json").read_text())
 
 

@@ -21,12 +21,10 @@ mode a rank that fails still joins the gather (with its error), so no rank waits
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from mdir.methods.specs import spec_of
@@ -40,10 +38,6 @@ def translate_live(method: Any, src: torch.Tensor, ref: torch.Tensor | None) -> 
     dev = next(ckpt.unwrap(method.generator()).parameters()).device
     out = method.translate(src.to(dev), None if ref is None else ref.to(dev))
     return out.float().cpu()
-
-
-def _fingerprint(a: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=16).hexdigest()
 
 
 def _gather_to_rank0(obj: Any, rank: int, world: int) -> list[Any] | None:
@@ -63,7 +57,7 @@ class GanEvaluation:
         self.rank = rank
         self.world = world if sharded else 1
         self.collective = sharded and world > 1
-        self._real: tuple[str, Any] | None = None  # (fingerprint of the real block, features)
+        self._real_cache: dict[str, Any] = {}  # this rank's real block's features
 
     def __call__(
         self, tracker: Any, cfg: Any, method: Any, plan: Any, step: int
@@ -112,15 +106,11 @@ class GanEvaluation:
 
     def _shard(self, cfg: Any, method: Any, plan: Any) -> Any:
         """This rank's block: translations and features (real ones from the cache)."""
-        from mdir.metrics.gan import evaluate_translation_shard, get_extractor, shard_range
+        from mdir.metrics.gan import evaluate_translation_shard, get_extractor
 
         src, tgt = plan.eval_images(cfg.train.eval_images)
         ref = tgt if spec_of(cfg.method).needs_reference else None
-        n_tgt = len(tgt) if cfg.eval.num_images is None else min(len(tgt), cfg.eval.num_images)
-        a, b = shard_range(n_tgt, cfg.eval.batch_size, self.rank, self.world)
-        key = _fingerprint(tgt[a:b])
-        cached = self._real[1] if self._real is not None and self._real[0] == key else None
-        shard = evaluate_translation_shard(
+        return evaluate_translation_shard(
             lambda x, r=None: translate_live(method, x, r),
             src,
             tgt,
@@ -128,9 +118,7 @@ class GanEvaluation:
             ref,
             rank=self.rank,
             world=self.world,
+            # each rank extracts its own block (not through eval.num_workers' Ray actors)
             extractor=get_extractor(cfg.eval) if self.collective else None,
-            real_features=cached,
+            real_cache=self._real_cache,
         )
-        if shard.real is not None:
-            self._real = (key, shard.real)
-        return shard
