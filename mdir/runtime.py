@@ -279,7 +279,8 @@ def connect(
     return True
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -313,7 +314,7 @@ def _start_local(
     for _attempt in range(3):  # on an overloaded machine the raylet may give up on its agents
         kwargs: dict[str, Any] = {"include_dashboard": dashboard}
         if dashboard:
-            port = _free_port()
+            port = free_port()
             kwargs.update(dashboard_host="127.0.0.1", dashboard_port=port)
             # the raylet and its workers inherit this process's environment
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"

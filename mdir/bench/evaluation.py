@@ -104,7 +104,7 @@ def time_group(world: int, spec: dict) -> dict:
     """Run `_rank_main` in `world` fresh processes; rank 0's timings and metrics."""
     import torch.multiprocessing as mp
 
-    from mdir.dev.procs import free_port
+    from mdir.runtime import free_port
 
     with tempfile.TemporaryDirectory(prefix="mdir-bench-eval-") as d:
         mp.spawn(_rank_main, args=(world, free_port(), spec, d), nprocs=world, join=True)
